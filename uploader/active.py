@@ -1,0 +1,103 @@
+"""Which remotes count: the one definition of the *required* and the *running* remotes
+(design.md §2). The dispatcher, the completion rule, the controller's evaluator and
+``status`` all call :func:`active_remotes`.
+
+- required: ``is_active = true``, ordered ``created_at ASC, slug ASC``, cut to
+  ``system.max_uploaders``. Completion is judged against exactly these, whatever
+  ``uploader.enabled`` says; a misconfigured remote stays required (nothing is flagged that
+  it lacks).
+- running: the required remotes minus the misconfigured ones; none at all while
+  ``uploader.enabled = false`` (the global pause).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from uploader.db.models import RemoteStatus, StorageRemote
+from uploader.errors import RemoteConfigInvalid
+from uploader.remotes import config_fingerprint, validate_remote_config
+from uploader.settings import StationSettings, load_station_settings
+
+
+class SkipReason(StrEnum):
+    misconfigured = "misconfigured"  # config invalid, or a worker found it unusable
+    over_cap = "over_max_uploaders"  # beyond system.max_uploaders: not required either
+    paused = "paused"  # uploader.enabled = false: required, not running
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """What callers need of a remote without holding an ORM object across sessions."""
+
+    slug: str
+    type: str
+    name: str
+    target_path: str | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    slug: str
+    reason: SkipReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ActiveRemotes:
+    required: tuple[RemoteRef, ...]
+    running: tuple[RemoteRef, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    @property
+    def required_slugs(self) -> tuple[str, ...]:
+        return tuple(r.slug for r in self.required)
+
+    @property
+    def running_slugs(self) -> tuple[str, ...]:
+        return tuple(r.slug for r in self.running)
+
+
+def misconfiguration(session: Session, remote: StorageRemote) -> str | None:
+    """Why this remote cannot run, or None. Static validation first, then a worker's mark
+    (which holds only while the config is the one it was set under)."""
+    try:
+        validate_remote_config(remote.slug, remote.type, remote.config or {})
+    except RemoteConfigInvalid as exc:
+        return exc.reason
+    status = session.get(RemoteStatus, remote.slug)
+    if status is not None and status.state == "misconfigured":
+        current = config_fingerprint(remote.type, remote.config or {}, remote.target_path)
+        if status.config_fingerprint in (None, current):
+            return status.detail or "marked misconfigured by its worker"
+    return None
+
+
+def active_remotes(session: Session, settings: StationSettings | None = None) -> ActiveRemotes:
+    """Compute required, running and skipped remotes from one consistent read."""
+    settings = settings or load_station_settings(session)
+    rows = session.scalars(
+        select(StorageRemote)
+        .where(StorageRemote.is_active.is_(True))
+        .order_by(StorageRemote.created_at.asc().nulls_last(), StorageRemote.slug.asc())
+    ).all()
+    cap = settings.system.max_uploaders
+    required_rows, over = rows[:cap], rows[cap:]
+    skipped = [Skipped(r.slug, SkipReason.over_cap, f"system.max_uploaders is {cap}") for r in over]
+    required: list[RemoteRef] = []
+    running: list[RemoteRef] = []
+    for row in required_rows:
+        ref = RemoteRef(row.slug, row.type, row.name, row.target_path)
+        required.append(ref)
+        problem = misconfiguration(session, row)
+        if problem is not None:
+            skipped.append(Skipped(row.slug, SkipReason.misconfigured, problem))
+        elif not settings.uploader.enabled:
+            skipped.append(Skipped(row.slug, SkipReason.paused, "uploader.enabled is false"))
+        else:
+            running.append(ref)
+    return ActiveRemotes(tuple(required), tuple(running), tuple(skipped))

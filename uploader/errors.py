@@ -1,0 +1,103 @@
+"""Every error the uploader raises, and what the operator should do about it.
+
+::
+
+    UploaderError
+     ├── SettingsInvalid          a system_config key has an invalid field
+     ├── SchemaError              the database is not ours to use (yet)
+     │    ├── SchemaOutdated      run `silvasonic-uploader db upgrade`
+     │    └── IncompatibleDatabase  a v0.8-style single-target database
+     ├── RemoteMisconfigured      config-level: fix the remote (credentials, bucket, options)
+     │    ├── RemoteConfigInvalid   the stored config fails validation or the allowlist
+     │    └── SecretUnavailable     an `enc:` value cannot be decrypted (key missing or wrong)
+     ├── RemoteUnavailable        connection-level: retried by Celery; nothing to do unless it lasts
+     └── FileRejected             file-level: counts toward parking this pair
+          ├── FlacEncodingError   the WAV could not be encoded losslessly
+          ├── UnsafePath          file_raw escapes the workspace root
+          └── SourceMissing       the WAV is gone and the recording is not local_deleted
+
+Only ``rclone_client`` maps rclone failures onto these, and only ``flac_encoder`` maps ffmpeg
+and libFLAC failures. No instance ever carries a secret: messages pass through
+``uploader.redact`` where they quote foreign output.
+"""
+
+from __future__ import annotations
+
+
+class UploaderError(Exception):
+    """Base of everything the uploader raises on purpose."""
+
+
+class SettingsInvalid(UploaderError):
+    """Fix the named field of the named ``system_config`` key (the web UI or SQL)."""
+
+    def __init__(self, key: str, field: str, reason: str) -> None:
+        self.key, self.field, self.reason = key, field, reason
+        super().__init__(
+            f"system_config[{key!r}] field {field!r} is invalid: {reason}. "
+            f"Correct it (or delete the field to use its default)."
+        )
+
+
+class SchemaError(UploaderError):
+    """The database schema does not fit this version of the uploader."""
+
+
+class SchemaOutdated(SchemaError):
+    """Run ``silvasonic-uploader db upgrade`` against this database, then start again."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current, self.head = current, head
+        super().__init__(
+            f"database schema is at {current or 'nothing'}, this uploader needs {head}: "
+            f"run `silvasonic-uploader db upgrade` first"
+        )
+
+
+class IncompatibleDatabase(SchemaError):
+    """A single-target (v0.8-style) Silvasonic database; see the message for the way out."""
+
+
+class RemoteMisconfigured(UploaderError):
+    """Configuration-level: fix the remote's settings; no file is penalised meanwhile."""
+
+    def __init__(self, remote_slug: str, reason: str) -> None:
+        self.remote_slug, self.reason = remote_slug, reason
+        super().__init__(f"remote {remote_slug!r} is misconfigured: {reason}")
+
+
+class RemoteConfigInvalid(RemoteMisconfigured):
+    """Edit ``storage_remotes.config`` (or use ``remotes set``) as the message says."""
+
+
+class SecretUnavailable(RemoteMisconfigured):
+    """Set ``SILVASONIC_ENCRYPTION_KEY`` to the key the secret was encrypted with."""
+
+
+class RemoteUnavailable(UploaderError):
+    """Connection-level: the remote did not answer; Celery retries, nothing is penalised."""
+
+    def __init__(self, remote_slug: str, reason: str) -> None:
+        self.remote_slug, self.reason = remote_slug, reason
+        super().__init__(f"remote {remote_slug!r} is unavailable: {reason}")
+
+
+class FileRejected(UploaderError):
+    """File-level: this recording failed on its own; after ``max_file_attempts`` it is parked."""
+
+    def __init__(self, reason: str, *, recording_id: int | None = None) -> None:
+        self.reason, self.recording_id = reason, recording_id
+        where = f"recording {recording_id}: " if recording_id is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+class FlacEncodingError(FileRejected):
+    """Check the WAV (``ffprobe``/``soxi``): it is corrupt, unreadable or not PCM audio."""
+
+
+class UnsafePath(FileRejected):
+    """``recordings.file_raw`` points outside the workspace root; fix the row."""
+
+
+class SourceMissing(FileRejected):
+    """The WAV is gone but the recording is not ``local_deleted``: check the Janitor and disk."""

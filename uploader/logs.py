@@ -1,0 +1,41 @@
+"""structlog set-up, as upstream Silvasonic does it (contract §7): console output in
+development mode (``SILVASONIC_DEVELOPMENT_MODE``, default true), JSON lines otherwise, so the
+Controller's LogForwarder can read them. Event names are ``<area>.<what_happened>``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def _development_mode() -> bool:
+    return os.environ.get("SILVASONIC_DEVELOPMENT_MODE", "true").strip().lower() not in (
+        "0", "false", "no", "off",
+    )  # fmt: skip
+
+
+def configure_logging(service: str, *, level: str | None = None) -> None:
+    """Idempotent; call once per process at its entry point, never at import."""
+    level_name = (level or os.environ.get("SILVASONIC_LOG_LEVEL", "INFO")).upper()
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.dict_tracebacks,
+    ]
+    if _development_mode():
+        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        processors.insert(0, lambda _l, _m, ev: {**ev, "service": service})
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level_name, logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
