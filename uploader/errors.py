@@ -11,6 +11,7 @@
      │    ├── RemoteConfigInvalid   the stored config fails validation or the allowlist
      │    └── SecretUnavailable     an `enc:` value cannot be decrypted (key missing or wrong)
      ├── RemoteUnavailable        connection-level: retried by Celery; nothing to do unless it lasts
+     ├── TempSpaceExhausted       the worker's temp folder is full: free it; no file is penalised
      └── FileRejected             file-level: counts toward parking this pair
           ├── FlacEncodingError   the WAV could not be encoded losslessly
           ├── UnsafePath          file_raw escapes the workspace root
@@ -101,3 +102,16 @@ class UnsafePath(FileRejected):
 
 class SourceMissing(FileRejected):
     """The WAV is gone but the recording is not ``local_deleted``: check the Janitor and disk."""
+
+
+class TempSpaceExhausted(UploaderError):
+    """The worker's temp folder is full (ENOSPC/EDQUOT) while a FLAC is written.
+
+    Not the recording's fault, so it never counts toward parking: the pair is retried later.
+    The operator frees space in (or enlarges) the worker's temp folder, and looks for what
+    filled it: stray ``*.partial.flac`` files or FLACs whose upload never finished.
+    """
+
+    def __init__(self, directory: str, reason: str) -> None:
+        self.directory, self.reason = directory, reason
+        super().__init__(f"temp folder {directory!r} is full: {reason}")
