@@ -119,10 +119,22 @@ class LocalPostgres:
         if (self.data_dir / "PG_VERSION").exists():
             return
         subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
-             "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True, **self._run_kwargs(),  # type: ignore[call-overload]
-        )  # fmt: skip
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **self._run_kwargs(),  # type: ignore[call-overload]
+        )
 
     def start(self) -> None:
         self.init()
@@ -136,12 +148,28 @@ class LocalPostgres:
             entry = pwd.getpwnam(self._user)
             os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
         self.proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", "", "-c", "fsync=off", "-c", "max_connections=200",
-             "-c", "full_page_writes=off"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             **self._run_kwargs(),  # type: ignore[call-overload]
-        )  # fmt: skip
+        )
         _wait_port(self.port, self.proc, self.log_path, "postgres")
         self._wait_ready()
 
@@ -195,12 +223,27 @@ class LocalRedis:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             "--dir", str(self.data_dir), "--maxmemory-policy", "noeviction",
-             "--logfile", str(self.log_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                _redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.data_dir),
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_port(self.port, self.proc, self.log_path, "redis-server")
 
     def stop(self) -> None:

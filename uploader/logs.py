@@ -13,8 +13,11 @@ import structlog
 
 def _development_mode() -> bool:
     return os.environ.get("SILVASONIC_DEVELOPMENT_MODE", "true").strip().lower() not in (
-        "0", "false", "no", "off",
-    )  # fmt: skip
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def configure_logging(service: str, *, level: str | None = None) -> None:

@@ -33,11 +33,31 @@ DEFAULT_KEYS_DIR = "/etc/silvasonic/keys"
 # a Redis instance id and a queue name, so it must not collide with them.
 RESERVED_SLUGS = frozenset(
     {
-        "controller", "processor", "recorder", "birdnet", "batdetect", "web", "web-mock",
-        "database", "db", "redis", "uploader", "indexer", "janitor", "weather", "gateway",
-        "icecast", "tailscale", "flower", "beat", "control", "default", "celery", "all",
+        "controller",
+        "processor",
+        "recorder",
+        "birdnet",
+        "batdetect",
+        "web",
+        "web-mock",
+        "database",
+        "db",
+        "redis",
+        "uploader",
+        "indexer",
+        "janitor",
+        "weather",
+        "gateway",
+        "icecast",
+        "tailscale",
+        "flower",
+        "beat",
+        "control",
+        "default",
+        "celery",
+        "all",
     }
-)  # fmt: skip
+)
 _SLUG_RE = re.compile(r"^[a-z0-9-]{1,40}$")
 
 

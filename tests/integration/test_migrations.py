@@ -12,8 +12,14 @@ from uploader.errors import IncompatibleDatabase, SchemaOutdated
 
 SEED_ERA_DDL = Path(__file__).parent.parent / "fixtures" / "seed_era_schema.sql"
 OURS = {"pair_state", "remote_cursor", "remote_status", schema.VERSION_TABLE}
-BASE = {"recordings", "uploads", "storage_remotes", "system_config", "devices",
-        "microphone_profiles"}  # fmt: skip
+BASE = {
+    "recordings",
+    "uploads",
+    "storage_remotes",
+    "system_config",
+    "devices",
+    "microphone_profiles",
+}
 
 
 def _tables(url: str) -> set[str]:
@@ -52,14 +58,16 @@ def test_seed_era_database_is_upgraded_in_place(empty_db_url: str) -> None:
     try:
         with eng.begin() as conn:
             conn.execute(text(SEED_ERA_DDL.read_text()))
-            conn.execute(text(
-                "INSERT INTO devices(name, serial_number, model, config) VALUES ('mic','s','m','{}');"
-                "INSERT INTO storage_remotes(slug,type,name,config) VALUES ('nc','webdav','NC','{}');"
-                "INSERT INTO recordings(time,sensor_id,file_raw,duration,sample_rate,filesize_raw,"
-                " upload_info) VALUES (now(),'mic','mic/data/raw/a.wav',10,48000,1,'{}');"
-                "INSERT INTO uploads(recording_id,remote_slug,attempt_at,filename,size,success)"
-                " SELECT id,'nc',now(),'a.flac',1,true FROM recordings;"
-            ))  # fmt: skip
+            conn.execute(
+                text(
+                    "INSERT INTO devices(name, serial_number, model, config) VALUES ('mic','s','m','{}');"
+                    "INSERT INTO storage_remotes(slug,type,name,config) VALUES ('nc','webdav','NC','{}');"
+                    "INSERT INTO recordings(time,sensor_id,file_raw,duration,sample_rate,filesize_raw,"
+                    " upload_info) VALUES (now(),'mic','mic/data/raw/a.wav',10,48000,1,'{}');"
+                    "INSERT INTO uploads(recording_id,remote_slug,attempt_at,filename,size,success)"
+                    " SELECT id,'nc',now(),'a.flac',1,true FROM recordings;"
+                )
+            )
         before = _tables(empty_db_url)
         schema.upgrade(empty_db_url)
         after = _tables(empty_db_url)
@@ -76,11 +84,13 @@ def test_v08_database_is_refused_with_instructions(empty_db_url: str) -> None:
     eng = create_engine(empty_db_url)
     try:
         with eng.begin() as conn:
-            conn.execute(text(
-                "CREATE TABLE uploads (id BIGSERIAL PRIMARY KEY, recording_id BIGINT NOT NULL,"
-                " attempt_at TIMESTAMPTZ NOT NULL, filename TEXT NOT NULL, remote_path TEXT,"
-                " size BIGINT NOT NULL, success BOOLEAN NOT NULL, error_message TEXT)"
-            ))  # fmt: skip
+            conn.execute(
+                text(
+                    "CREATE TABLE uploads (id BIGSERIAL PRIMARY KEY, recording_id BIGINT NOT NULL,"
+                    " attempt_at TIMESTAMPTZ NOT NULL, filename TEXT NOT NULL, remote_path TEXT,"
+                    " size BIGINT NOT NULL, success BOOLEAN NOT NULL, error_message TEXT)"
+                )
+            )
         with pytest.raises(IncompatibleDatabase, match="remote_slug"):
             schema.upgrade(empty_db_url)
         assert schema.VERSION_TABLE not in _tables(empty_db_url)

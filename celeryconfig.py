@@ -1,0 +1,122 @@
+"""Every Celery setting, read from the environment (stdlib only; design.md §6, the reasons in
+``reference/celery-field-notes.md``). Check what a process would use with
+``python -m celeryconfig`` (secrets masked).
+
+Names of settings that could carry a secret contain URL/PASS/KEY/SECRET, so Celery's own
+censoring masks them in ``celery report`` and Flower.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+# -- broker --------------------------------------------------------------------------------
+broker_url = os.environ.get("SILVASONIC_REDIS_URL", "redis://localhost:6379/0")
+# PostgreSQL is the record; a Redis result backend would only cost memory (and hangs, §4 of
+# measurements.md).
+result_backend = None
+task_ignore_result = True
+
+# Redelivery after a crash comes after the visibility timeout (VT). VT must exceed the hard
+# time limit; retry countdowns (ETA messages, held unacked) must stay far below it.
+VISIBILITY_TIMEOUT_S = _int("SILVASONIC_VISIBILITY_TIMEOUT_S", 2 * 3600)
+TASK_TIME_LIMIT_S = _int("SILVASONIC_TASK_TIME_LIMIT_S", 30 * 60)
+TASK_SOFT_TIME_LIMIT_S = max(1, TASK_TIME_LIMIT_S - _int("SILVASONIC_SOFT_LIMIT_MARGIN_S", 30))
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_S,
+    "socket_keepalive": True,
+    "socket_timeout": 30,  # a silent Redis must not hang a worker forever
+    "socket_connect_timeout": 5,
+    "retry_on_timeout": True,
+    "health_check_interval": 25,
+    # kombu 5.7: how often unacked messages older than VT are restored (default ~100 s)
+    "unacked_restore_interval": _int("SILVASONIC_UNACKED_RESTORE_INTERVAL_S", 10),
+    "unacked_restore_throttle": 1,
+}
+# survive Redis starting later or restarting: reconnect forever (6.0 reads only this setting)
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+# on broker loss a running late-ack task would be redelivered anyway: kill it, never run twice
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# -- acknowledgement and retries -------------------------------------------------------------
+task_acks_late = True  # ack after the step: a crash redelivers, every step is idempotent
+task_reject_on_worker_lost = True  # a killed pool child requeues its message …
+task_retry_on_worker_lost = True  # … as a retry (5.7), so max_retries bounds poison loops
+task_acks_on_failure = True  # failures are audited by the errback; do not requeue them
+task_acks_on_timeout = True  # an always-slow file must not loop forever
+task_time_limit = TASK_TIME_LIMIT_S
+task_soft_time_limit = TASK_SOFT_TIME_LIMIT_S
+# connection-level retries: exponential backoff with full jitter, capped far below VT and at
+# the poll interval, for about an hour in all (a probe pair keeps knocking on a remote that is
+# down; the dispatcher sends a new probe when a chain gives up)
+uploader_retry_backoff_s = _float("SILVASONIC_RETRY_BACKOFF_S", 5.0)
+uploader_retry_backoff_max_s = _float("SILVASONIC_RETRY_BACKOFF_MAX_S", 60.0)
+uploader_max_retries = _int("SILVASONIC_MAX_RETRIES", 90)
+# a claimed pair's lease: longer than queue wait + time limit + backoff; every step renews it
+uploader_lease_s = _int("SILVASONIC_LEASE_S", 2 * 3600)
+
+# -- worker ----------------------------------------------------------------------------------
+worker_pool = "prefork"  # only prefork enforces time limits and requeues on child death
+worker_concurrency = 1  # one upload at a time per remote: the link is the bottleneck
+worker_prefetch_multiplier = 1  # reserved = executing; nothing ages past VT behind an upload
+worker_max_memory_per_child = _int("SILVASONIC_MAX_MEMORY_PER_CHILD_KB", 150_000)
+# SIGTERM (REMAP_SIGTERM=SIGQUIT, set by the worker command) returns in-flight work within this
+worker_soft_shutdown_timeout = _float("SILVASONIC_SOFT_SHUTDOWN_TIMEOUT_S", 8.0)
+worker_enable_soft_shutdown_on_idle = True
+worker_send_task_events = True  # Flower
+task_send_sent_event = True
+worker_redirect_stdouts = False  # our structlog lines go to stdout as they are
+worker_hijack_root_logger = False
+
+# -- routing ---------------------------------------------------------------------------------
+CONTROL_QUEUE = "uploader.control"
+UPLOAD_QUEUE_PREFIX = "upload."
+
+
+def upload_queue(remote_slug: str) -> str:
+    """The one place that names a remote's queue (the controller purges it by this name)."""
+    return f"{UPLOAD_QUEUE_PREFIX}{remote_slug}"
+
+
+task_create_missing_queues = True  # upload.<slug> queues exist as soon as a chain is sent
+task_routes = {
+    "uploader.dispatch_pending": {"queue": CONTROL_QUEUE},
+    "uploader.request_topup": {"queue": CONTROL_QUEUE},
+}
+timezone = "UTC"
+enable_utc = True
+
+# -- beat (celery-redbeat) -------------------------------------------------------------------
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = os.environ.get("SILVASONIC_REDBEAT_REDIS_URL", broker_url)
+redbeat_key_prefix = "silvasonic:redbeat:"
+# a standby beat takes over within this after the leader dies; beat ticks well inside it
+redbeat_lock_timeout = _int("SILVASONIC_REDBEAT_LOCK_TIMEOUT_S", 30)
+beat_max_loop_interval = 5
+DISPATCH_TICK_S = _float("SILVASONIC_DISPATCH_TICK_S", 5.0)
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", value)
+    return value
+
+
+if __name__ == "__main__":
+    for name, value in sorted(globals().items()):
+        if name.startswith("_") or not (name.islower() or name.isupper()):
+            continue
+        if callable(value) or type(value).__name__ == "module":
+            continue
+        print(f"{name} = {_masked(value)!r}")  # noqa: T201

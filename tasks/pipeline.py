@@ -1,0 +1,364 @@
+"""The pipeline tasks: thin adapters over ``uploader.pipeline`` that translate typed outcomes
+into Celery's words (design.md §4, style-anchors "A Celery task, in words").
+
+- connection-level (``RemoteUnavailable``, a full temp dir) → ``self.retry`` with jittered
+  exponential backoff, capped far below the visibility timeout and at the poll interval;
+  the remote is marked unavailable so its other queued pairs release their leases and end.
+- file-level (``FileRejected``) → raised; the chain's errback audits it and counts it toward
+  parking.
+- config-level (``RemoteMisconfigured``) → raised; the errback marks the remote, releases the
+  lease and penalises no file.
+
+Every step first renews the pair's lease: a step whose token no longer matches does nothing
+(a redelivered or superseded message is a no-op).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+
+from tasks.app import app
+from tasks.runtime import get_runtime
+from tasks.topup import maybe_request_topup
+from uploader import audit_logger, leases, remote_state
+from uploader.db.session import get_engine, session_scope
+from uploader.errors import (
+    FileRejected,
+    RemoteMisconfigured,
+    RemoteUnavailable,
+    SourceMissing,
+    TempSpaceExhausted,
+)
+from uploader.pair_lock import pair_lock
+from uploader.pipeline import (
+    PairJob,
+    cleanup,
+    ensure_flac,
+    is_local_deleted,
+    load_job,
+    transfer,
+)
+from uploader.redact import redact
+from uploader.remotes import config_fingerprint
+from uploader.settings import StationSettings, load_station_settings
+
+log = structlog.get_logger(__name__)
+conf = app.conf
+TIME_LIMITS = {"time_limit": conf.task_time_limit, "soft_time_limit": conf.task_soft_time_limit}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What travels between the steps: ids, the lease token, the probe flag, small numbers."""
+
+    recording_id: int
+    remote_slug: str
+    token: str
+    probe: bool = False
+    size_bytes: int = 0
+    md5: str = ""
+    remote_path: str = ""
+    duration_s: float = 0.0
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Pair:
+        return cls(**{k: v for k, v in payload.items() if k in cls.__dataclass_fields__})
+
+    def payload(self, **changes: Any) -> dict[str, Any]:
+        return {**asdict(self), **changes}
+
+
+def retry_countdown(retries: int, settings: StationSettings) -> float:
+    """Exponential backoff with full jitter, capped at the poll interval so a remote that comes
+    back is used again within about one poll interval."""
+    cap = min(conf.uploader_retry_backoff_max_s, float(settings.uploader.poll_interval))
+    return random.uniform(0, min(cap, conf.uploader_retry_backoff_s * (2**retries)))
+
+
+def _proceed(pair: Pair) -> tuple[PairJob | None, StationSettings | None]:
+    """Renew the lease and read the job in one short transaction.
+
+    Returns (None, …) when this step must do nothing: a stale token, a remote marked
+    unavailable (a non-probe pair releases its lease and ends), or a recording that is gone.
+    """
+    rt = get_runtime()
+    if pair.remote_slug != rt.ctx.remote_slug:
+        log.error("pair.wrong_queue", worker_remote=rt.ctx.remote_slug)
+        return None, None
+    with session_scope() as s:
+        if not leases.renew(
+            s, pair.recording_id, pair.remote_slug, pair.token, conf.uploader_lease_s
+        ):
+            log.info("pair.lease_lost")
+            return None, None
+        state = remote_state.get_state(s, pair.remote_slug)
+        if state.state != "ok" and not pair.probe:
+            leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
+            log.info("pair.deferred", remote_state=state.state)
+            return None, None
+        settings = load_station_settings(s)
+        job = load_job(s, pair.recording_id, pair.remote_slug, settings)
+        if job is None:
+            leases.finish(s, pair.recording_id, pair.remote_slug, pair.token)
+            log.info("pair.recording_gone")
+        return job, settings
+
+
+def _bind(pair: Pair, step: str, task: Task) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        remote=pair.remote_slug,
+        recording_id=pair.recording_id,
+        step=step,
+        attempt=task.request.retries,
+    )
+
+
+@app.task(name="uploader.encode", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
+def encode(
+    self: Task, recording_id: int, remote_slug: str, token: str, probe: bool = False
+) -> dict[str, Any]:
+    """Encode the pair's WAV to FLAC in the worker's temp dir."""
+    pair = Pair(recording_id, remote_slug, token, probe)
+    _bind(pair, "encode", self)
+    job, settings = _proceed(pair)
+    if job is None or settings is None:
+        raise Ignore()
+    ctx = get_runtime().ctx
+    try:
+        flac = ensure_flac(ctx, job, reuse=False)
+    except SourceMissing:
+        with session_scope() as s:
+            gone = is_local_deleted(s, recording_id)
+            if gone:
+                leases.finish(s, recording_id, remote_slug, token)
+        if gone:
+            cleanup(ctx, recording_id)
+            get_runtime().stats.record_skipped_missing(job.wav_name)
+            raise Ignore() from None
+        raise
+    except TempSpaceExhausted as exc:
+        cleanup(ctx, recording_id)
+        log.warning("upload.retry_scheduled", reason="temp_space_exhausted")
+        raise self.retry(
+            exc=exc, countdown=retry_countdown(self.request.retries, settings)
+        ) from exc
+    log.debug("encode.completed", size_bytes=flac.size_bytes)
+    return pair.payload(size_bytes=flac.size_bytes, md5=flac.md5)
+
+
+@app.task(name="uploader.upload", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
+def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    """Send the FLAC with rclone; classify the outcome (see the module docstring)."""
+    pair = Pair.from_payload(payload)
+    _bind(pair, "upload", self)
+    job, settings = _proceed(pair)
+    if job is None or settings is None:
+        raise Ignore()
+    rt = get_runtime()
+    with pair_lock(get_engine(), pair.recording_id, pair.remote_slug) as mine:
+        if not mine:  # another execution of this pair is uploading right now
+            log.warning("pair.busy")
+            raise Ignore()
+        client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
+        try:
+            remote_path, result = transfer(rt.ctx, job, client)
+        except TempSpaceExhausted as exc:
+            cleanup(rt.ctx, pair.recording_id)
+            raise self.retry(
+                exc=exc, countdown=retry_countdown(self.request.retries, settings)
+            ) from exc
+    if result.success:
+        return pair.payload(
+            remote_path=remote_path,
+            duration_s=result.duration_s,
+            size_bytes=result.bytes_transferred or pair.size_bytes,
+        )
+    message = result.error_message or "rclone failed"
+    kind = str(result.error_kind)
+    if kind == "connection":
+        with session_scope() as s:
+            audit_logger.log_upload_attempt(
+                s,
+                pair.recording_id,
+                pair.remote_slug,
+                job.wav_name,
+                pair.size_bytes,
+                False,
+                message,
+                duration_s=result.duration_s,
+                remote_path=remote_path,
+                error_kind="connection",
+                attempt_key=f"{pair.token}:{self.request.retries}",
+            )
+            newly = remote_state.mark_unavailable(s, pair.remote_slug, message)
+        rt.stats.record_connection_abort(pair.remote_slug)
+        if newly:
+            log.warning("remote.unavailable", reason=message)
+        countdown = retry_countdown(self.request.retries, settings)
+        log.info("upload.retry_scheduled", countdown_s=round(countdown, 1))
+        raise self.retry(exc=RemoteUnavailable(pair.remote_slug, message), countdown=countdown)
+    if kind == "config":
+        raise RemoteMisconfigured(pair.remote_slug, message)
+    raise FileRejected(message, recording_id=pair.recording_id)
+
+
+@app.task(name="uploader.audit", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
+def audit(self: Task, payload: dict[str, Any]) -> None:
+    """Record the success (idempotent), flag the recording when every required remote has it,
+    end the lease, remove the temp FLAC. The token is not checked: the transfer happened."""
+    pair = Pair.from_payload(payload)
+    _bind(pair, "audit", self)
+    rt = get_runtime()
+    filename = pair.remote_path.rsplit("/", 1)[-1] or f"{pair.recording_id}.flac"
+    with session_scope() as s:
+        outcome = audit_logger.log_upload_attempt(
+            s,
+            pair.recording_id,
+            pair.remote_slug,
+            filename,
+            pair.size_bytes,
+            True,
+            None,
+            duration_s=pair.duration_s,
+            remote_path=pair.remote_path,
+            error_kind="none",
+        )
+        leases.finish(s, pair.recording_id, pair.remote_slug, None)
+        recovered = remote_state.mark_ok(s, pair.remote_slug)
+    cleanup(rt.ctx, pair.recording_id)
+    if recovered:
+        log.info("remote.recovered")
+    if outcome.inserted:
+        rt.stats.record_upload(pair.remote_slug, filename, pair.size_bytes, pair.duration_s)
+        _count_success(pair)
+    if outcome.recording_complete:
+        log.info("recording.completed")
+    rt.stats.maybe_emit_summary()
+    maybe_request_topup(pair.remote_slug)
+
+
+def _count_success(pair: Pair) -> None:
+    from uploader import worker_counters
+
+    worker_counters.record_success(get_runtime().redis, pair.remote_slug, pair.size_bytes)
+
+
+def _pair_from_request(request: Any) -> Pair | None:
+    args = list(getattr(request, "args", None) or [])
+    if args and isinstance(args[0], dict):
+        return Pair.from_payload(args[0])
+    if len(args) >= 3:
+        return Pair(
+            int(args[0]), str(args[1]), str(args[2]), bool(args[3]) if len(args) > 3 else False
+        )
+    return None
+
+
+@app.task(name="uploader.record_failure")
+def record_failure(request: Any, exc: BaseException, traceback: Any) -> None:
+    """The chain's errback, run in the failing worker after a step failed for good.
+
+    Audits the attempt (idempotent per attempt key), then: file-level → count toward parking;
+    config-level → mark the remote misconfigured; connection-level (retries exhausted) →
+    release the lease. Never raises: an errback that raises would hide the original failure.
+    """
+    pair = _pair_from_request(request)
+    if pair is None:
+        log.error("pair.errback_without_pair", error=type(exc).__name__)
+        return
+    structlog.contextvars.bind_contextvars(remote=pair.remote_slug, recording_id=pair.recording_id)
+    rt = get_runtime()
+    retries = int(getattr(request, "retries", 0) or 0)
+    message = redact(str(exc) or type(exc).__name__)
+    try:
+        _record_failure(pair, exc, message, retries)
+    except Exception as inner:  # the lease expires and the pair is claimed again
+        log.error("pair.errback_failed", error=type(inner).__name__, cause=type(exc).__name__)
+    finally:
+        cleanup(rt.ctx, pair.recording_id)
+    rt.stats.record_error(pair.remote_slug, f"recording {pair.recording_id}", message)
+    from uploader import worker_counters
+
+    worker_counters.record_failure(rt.redis, pair.remote_slug)
+    maybe_request_topup(pair.remote_slug)
+
+
+def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) -> None:
+    filename = f"{pair.recording_id}.flac"
+    with session_scope() as s:
+        if isinstance(exc, RemoteUnavailable):
+            # the last attempt already audited itself under this key; this adds nothing
+            audit_logger.log_upload_attempt(
+                s,
+                pair.recording_id,
+                pair.remote_slug,
+                filename,
+                pair.size_bytes,
+                False,
+                message,
+                error_kind="connection",
+                attempt_key=f"{pair.token}:{retries}",
+            )
+            leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
+            log.warning("upload.failed", error_kind="connection", reason=message, retries=retries)
+            return
+        if isinstance(exc, RemoteMisconfigured):
+            audit_logger.log_upload_attempt(
+                s,
+                pair.recording_id,
+                pair.remote_slug,
+                filename,
+                pair.size_bytes,
+                False,
+                message,
+                error_kind="config",
+                attempt_key=f"{pair.token}:config",
+            )
+            remote = _remote_fingerprint(s, pair.remote_slug)
+            remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)
+            leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
+            log.error("remote.misconfigured", reason=message)
+            return
+        if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
+            audit_logger.log_upload_attempt(
+                s,
+                pair.recording_id,
+                pair.remote_slug,
+                filename,
+                pair.size_bytes,
+                False,
+                message,
+                error_kind="file",
+                attempt_key=f"{pair.token}:file",
+            )
+            settings = load_station_settings(s)
+            parked = leases.record_file_failure(
+                s,
+                pair.recording_id,
+                pair.remote_slug,
+                pair.token,
+                message,
+                max_file_attempts=settings.uploader.max_file_attempts,
+                park_window_hours=settings.uploader.park_window_hours,
+            )
+            log.warning("upload.failed", error_kind="file", reason=message, parked=parked)
+            return
+        # anything else is our problem (a bug, the database): no row, no penalty
+        leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
+        log.error("upload.internal_error", error=type(exc).__name__, reason=message)
+
+
+def _remote_fingerprint(session: Any, slug: str) -> str | None:
+    from uploader.db.models import StorageRemote
+
+    remote = session.get(StorageRemote, slug)
+    if remote is None:
+        return None
+    return config_fingerprint(remote.type, remote.config or {}, remote.target_path)

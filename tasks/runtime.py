@@ -1,0 +1,82 @@
+"""What one worker process keeps between tasks: its context (remote slug, workspace, temp
+dir), a Redis client for counters and top-up requests, its two-phase ``UploadStats``, and the
+rclone client of its remote (rebuilt when the remote's configuration changes, so a long-lived
+``rclone rcd`` is reused across tasks). Built lazily in the process that runs tasks, after the
+prefork fork."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from uploader.rclone_client import RcloneClient
+from uploader.upload_stats import UploadStats
+
+from uploader.pipeline import RemoteSnapshot, WorkerContext
+from uploader.remotes import config_fingerprint
+from uploader.settings import UploaderServiceSettings
+
+TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
+
+
+def worker_temp_dir(remote_slug: str) -> Path:
+    """The worker's own temp dir: ``$SILVASONIC_TEMP_DIR/<slug>`` (default: the system's)."""
+    base = Path(os.environ.get(TEMP_DIR_ENV) or Path(tempfile.gettempdir()) / "silvasonic")
+    path = base / remote_slug
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@dataclass
+class Runtime:
+    ctx: WorkerContext
+    redis: redis.Redis
+    stats: UploadStats
+    _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
+
+    def client_for(self, remote: RemoteSnapshot) -> RcloneClient:
+        """The remote's client; a changed configuration builds (and validates) a new one."""
+        fingerprint = config_fingerprint(remote.type, remote.config, remote.target_path)
+        cached = self._clients.get(remote.slug)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        client = RcloneClient(remote.slug, remote.type, remote.config, remote.target_path)
+        self._clients[remote.slug] = (fingerprint, client)
+        return client
+
+    def close(self) -> None:
+        for _, client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime(remote_slug: str | None = None) -> Runtime:
+    global _runtime
+    if _runtime is None:
+        env = UploaderServiceSettings()
+        slug = remote_slug or env.storage_remote_slug or "unknown"
+        _runtime = Runtime(
+            ctx=WorkerContext(
+                remote_slug=slug,
+                workspace_root=Path(env.recorder_workspace),
+                temp_dir=worker_temp_dir(slug),
+                flac_engine=os.environ.get("SILVASONIC_FLAC_ENGINE") or None,
+            ),
+            redis=redis.Redis.from_url(env.redis_url.get_secret_value()),
+            stats=UploadStats(),
+        )
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the parent's runtime in a freshly forked child."""
+    global _runtime
+    _runtime = None

@@ -1,0 +1,36 @@
+"""A worker whose leases run low asks the dispatcher for more at once (debounced), so a
+backlog drains at the speed of the link, not one batch per poll interval (design.md §4.1)."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+
+from celeryconfig import CONTROL_QUEUE
+from tasks.app import app
+from tasks.runtime import get_runtime
+from uploader import leases
+from uploader.db.session import session_scope
+from uploader.settings import load_station_settings
+
+DEBOUNCE_S = 2
+KEY = "silvasonic:uploader:topup:{slug}"
+log = structlog.get_logger(__name__)
+
+
+def maybe_request_topup(remote_slug: str) -> bool:
+    """Send ``uploader.request_topup`` when this remote's live leases fell below half of
+    ``batch_size``; at most one request per remote every ``DEBOUNCE_S``."""
+    try:
+        with session_scope() as s:
+            batch = load_station_settings(s).uploader.batch_size
+            live = leases.count_leases(s, remote_slug)
+        if live >= max(1, batch // 2):
+            return False
+        if not get_runtime().redis.set(KEY.format(slug=remote_slug), b"1", nx=True, ex=DEBOUNCE_S):
+            return False
+        app.send_task("uploader.request_topup", args=[remote_slug], queue=CONTROL_QUEUE)
+        return True
+    except (redis.RedisError, OSError) as exc:  # the next beat tick tops up anyway
+        log.warning("dispatch.topup_request_failed", error=type(exc).__name__)
+        return False

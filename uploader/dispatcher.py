@@ -1,0 +1,60 @@
+"""One dispatch cycle, without Celery: read the settings, honour the pause and the window,
+and top up each running remote's leases to ``batch_size`` (a remote marked unavailable gets a
+single probe pair). The Celery task publishes one chain per returned lease after this
+transaction has committed (design.md §4.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.orm import Session
+
+from uploader import leases, remote_state
+from uploader.active import active_remotes
+from uploader.schedule import is_within_window
+from uploader.settings import StationSettings, load_station_settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    lease: leases.Lease
+    probe: bool
+
+
+@dataclass
+class CycleResult:
+    """What the cycle decided; ``claimed`` is published by the caller after commit."""
+
+    settings: StationSettings
+    skipped_reason: str | None = None  # "paused", "outside_window"
+    required_slugs: tuple[str, ...] = ()
+    claimed: list[Claimed] = field(default_factory=list)
+
+
+def claim_work(session: Session, *, lease_s: float, only: str | None = None) -> CycleResult:
+    """Claim leases for the running remotes (or just ``only``). Idempotent and safe to run
+    concurrently: claims use ``SKIP LOCKED``; a second cycle finds the batch already full."""
+    settings = load_station_settings(session)
+    active = active_remotes(session, settings)
+    result = CycleResult(settings=settings, required_slugs=active.required_slugs)
+    if not settings.uploader.enabled:
+        result.skipped_reason = "paused"
+        return result
+    up = settings.uploader
+    if not is_within_window(up.schedule_start_hour, up.schedule_end_hour):
+        result.skipped_reason = "outside_window"
+        return result
+    for remote in active.running:
+        if only is not None and remote.slug != only:
+            continue
+        live = leases.count_leases(session, remote.slug)
+        unavailable = remote_state.get_state(session, remote.slug).state == "unavailable"
+        want = (0 if live else 1) if unavailable else up.batch_size - live
+        if want <= 0:
+            continue
+        for lease in leases.claim(session, remote.slug, want, lease_s=lease_s):
+            result.claimed.append(Claimed(lease, probe=unavailable))
+    return result

@@ -1,0 +1,147 @@
+"""The steps of one pair, as plain functions the Celery tasks adapt (design.md §4).
+
+Nothing here holds a database session across a transfer: the task reads a :class:`PairJob`
+in a short transaction, encodes and uploads without one, and audits in another. The FLAC of a
+pair lives at one place inside the worker's own temp dir (:func:`flac_path_for`); messages
+never carry paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from uploader import flac_encoder, path_builder
+from uploader.db.models import Recording, StorageRemote
+from uploader.errors import FileRejected, SourceMissing
+from uploader.rclone_client import RcloneClient, RcloneResult
+from uploader.settings import StationSettings
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What one worker process knows about itself."""
+
+    remote_slug: str
+    workspace_root: Path
+    temp_dir: Path
+    flac_engine: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteSnapshot:
+    slug: str
+    type: str
+    config: dict[str, Any] = field(repr=False)
+    target_path: str | None
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """Everything the transfer needs, read in one short transaction."""
+
+    recording_id: int
+    file_raw: str
+    sensor_id: str
+    time: datetime
+    remote: RemoteSnapshot
+    station_name: str
+    bandwidth_limit: str
+
+    @property
+    def wav_name(self) -> str:
+        return PurePosixPath(self.file_raw).name
+
+
+@dataclass(frozen=True)
+class FlacFile:
+    path: Path
+    size_bytes: int
+    md5: str
+
+
+def load_job(
+    session: Session, recording_id: int, remote_slug: str, settings: StationSettings
+) -> PairJob | None:
+    """None when the recording is gone or ``local_deleted`` (the pair is simply done with)."""
+    rec = session.get(Recording, recording_id)
+    if rec is None or rec.local_deleted:
+        return None
+    remote = session.get(StorageRemote, remote_slug)
+    if remote is None:
+        return None
+    return PairJob(
+        recording_id=rec.id,
+        file_raw=rec.file_raw,
+        sensor_id=rec.sensor_id,
+        time=rec.time,
+        remote=RemoteSnapshot(
+            remote.slug,
+            remote.type,
+            dict(remote.config or {}),
+            remote.target_path,
+            bool(remote.is_active),
+        ),
+        station_name=settings.system.station_name,
+        bandwidth_limit=settings.uploader.bandwidth_limit,
+    )
+
+
+def is_local_deleted(session: Session, recording_id: int) -> bool:
+    """Re-read the flag (the Janitor may have deleted the WAV since the job was read)."""
+    rec = session.get(Recording, recording_id, populate_existing=True)
+    return rec is None or rec.local_deleted
+
+
+def flac_dir_for(ctx: WorkerContext, recording_id: int) -> Path:
+    return ctx.temp_dir / str(recording_id)
+
+
+def flac_path_for(ctx: WorkerContext, job: PairJob) -> Path:
+    return flac_dir_for(ctx, job.recording_id) / (PurePosixPath(job.wav_name).stem + ".flac")
+
+
+def ensure_flac(ctx: WorkerContext, job: PairJob, *, reuse: bool = True) -> FlacFile:
+    """Encode the pair's WAV into the worker's temp dir (reusing a FLAC already there).
+
+    Raises :class:`UnsafePath` for a ``file_raw`` outside the workspace, :class:`SourceMissing`
+    for a missing WAV (the caller checks ``local_deleted``), :class:`FlacEncodingError`.
+    """
+    target = flac_path_for(ctx, job)
+    if not (reuse and target.is_file() and target.stat().st_size > 0):
+        wav = path_builder.resolve_local_path(ctx.workspace_root, job.file_raw)
+        if not wav.is_file():
+            raise SourceMissing(f"WAV not found: {job.file_raw}", recording_id=job.recording_id)
+        out_dir = flac_dir_for(ctx, job.recording_id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        produced = flac_encoder.encode_wav_to_flac(wav, out_dir, engine=ctx.flac_engine)
+        if produced != target:
+            produced.replace(target)
+    return FlacFile(target, target.stat().st_size, flac_encoder.file_md5(target))
+
+
+def remote_path_for(job: PairJob) -> str:
+    return path_builder.build_remote_path(
+        job.station_name, job.sensor_id, job.time, job.wav_name, job.remote.target_path
+    )
+
+
+def transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> tuple[str, RcloneResult]:
+    """Upload the pair's FLAC (re-encoding it if it is gone). Only a file inside the worker's
+    own temp dir is ever sent."""
+    flac = ensure_flac(ctx, job)
+    if not flac.path.resolve().is_relative_to(ctx.temp_dir.resolve()):
+        raise FileRejected("FLAC outside the worker's temp dir", recording_id=job.recording_id)
+    remote_path = remote_path_for(job)
+    return remote_path, client.upload_file(flac.path, remote_path, job.bandwidth_limit)
+
+
+def cleanup(ctx: WorkerContext, recording_id: int) -> None:
+    """Remove the pair's temp FLAC folder (every outcome ends here)."""
+    shutil.rmtree(flac_dir_for(ctx, recording_id), ignore_errors=True)
