@@ -1,0 +1,41 @@
+"""``silvasonic-uploader beat``: the dispatcher — the beat scheduler (celery-redbeat: one
+leader, a second ``beat`` waits as hot standby) plus an embedded worker consuming only
+``uploader.control``, both supervised (the scheduler exits when Redis loses its lock; the
+supervisor restarts it)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from celeryconfig import CONTROL_QUEUE
+from cli.supervisor import Supervisor
+from cli.worker import _check_schema
+from uploader.logs import configure_logging
+
+
+def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
+    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+    return {
+        "scheduler": [
+            *celery, "beat", "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", loglevel,
+        ],
+        "control-worker": [
+            *celery, "worker", "--queues", CONTROL_QUEUE, "--hostname", "uploader-control@%h",
+            "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+            "--without-gossip", "--without-mingle", "--task-events", "--loglevel", loglevel,
+        ],
+    }  # fmt: skip
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's own log level.")
+def beat(loglevel: str) -> None:
+    """Run the dispatcher (scheduler + control worker) until SIGTERM."""
+    configure_logging("uploader-beat")
+    _check_schema()
+    supervisor = Supervisor()
+    for name, argv in dispatcher_commands(loglevel).items():
+        supervisor.add(name, argv, env={"REMAP_SIGTERM": "SIGQUIT"})
+    sys.exit(supervisor.run())
