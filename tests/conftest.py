@@ -8,6 +8,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.remote_servers",
+    "tests.fixtures.stack",
 ]
 
 

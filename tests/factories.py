@@ -142,3 +142,33 @@ def make_recording_with_wav(
     rec.filesize_raw = wav.stat().st_size
     session.flush()
     return rec
+
+
+def write_pcm_wav(
+    path: Path,
+    seconds: float = 1.0,
+    rate: int = 48000,
+    bits: int = 16,
+    channels: int = 1,
+    seed: int = 7,
+) -> np.ndarray:
+    """Write an integer-PCM WAV whose samples use every bit of ``bits`` (noise down to the LSB,
+    each channel different, both extremes present) and return them as soundfile reads them
+    back with ``dtype="int32", always_2d=True`` (left-justified): the expected decoding of a
+    lossless FLAC, computed without the code under test."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full_scale = 2 ** (bits - 1)
+    columns = []
+    for ch in range(channels):
+        x = synth_audio(seconds, rate, seed + ch)
+        x += np.random.default_rng(seed + 100 + ch).normal(0, 4 / full_scale, x.shape)
+        q = np.clip(np.round(x * (full_scale - 1)), -full_scale, full_scale - 1).astype(np.int64)
+        if len(q) >= 4:
+            q[1], q[2] = -full_scale, full_scale - 1
+        columns.append(q)
+    ints = np.stack(columns, axis=1)
+    left_justified = (ints << (32 - bits)).astype(np.int32)
+    subtype = {16: "PCM_16", 24: "PCM_24", 32: "PCM_32"}[bits]
+    data = ints.astype(np.int16) if bits == 16 else left_justified
+    sf.write(str(path), data, rate, subtype=subtype, format="WAV")
+    return left_justified

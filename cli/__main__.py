@@ -1,0 +1,5 @@
+"""``python -m cli`` = ``silvasonic-uploader`` (used where the console script is not on PATH)."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,244 @@
+"""Issue 4's behaviours on the real stack: crashes, outages, restarts, bad input, two workers
+on one queue, a backlog, pause and window. Each test ends by checking the ledger: every pair
+uploaded once, no second success row, no recording flagged before every required remote has it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from cli.local_servers import LocalRedis
+from tests.factories import make_recording
+from tests.fixtures.stack import Stack, wait_until
+from tests.integration.e2e_helpers import (
+    duplicate_success_pairs,
+    early_flags,
+    scalar,
+    seed_station,
+    set_uploader,
+    success_rows,
+    uploaded_count,
+    uploaded_files,
+)
+
+
+def _local(folder: Path) -> dict[str, object]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"type": "local", "target_path": str(folder)}
+
+
+def _ledger_is_clean(engine: Engine) -> None:
+    assert duplicate_success_pairs(engine) == 0
+    assert early_flags(engine) == 0
+
+
+def test_kill_9_worker_during_upload(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    """A worker killed mid-upload: after a restart every pair has exactly one success row."""
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=6,
+        seconds=4,
+        remotes={"archive": _local(archive)},
+        uploader={"bandwidth_limit": "100k", "batch_size": 6},
+    )
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    # wait until an upload is under way (a partial file appears or the first one lands)
+    assert wait_until(
+        lambda: (
+            any(archive.rglob("*"))
+            and scalar(engine, "SELECT count(*) FROM pair_state WHERE lease_token IS NOT NULL") > 0
+        ),
+        60,
+    )
+    time.sleep(1.0)
+    stack.kill("worker-archive", signal.SIGKILL)
+    done_before = success_rows(engine)
+    assert done_before < len(ids)
+    stack.start_worker("archive", name="worker-archive-2")
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 150)
+    _ledger_is_clean(engine)
+    assert uploaded_count(engine) == len(ids)
+    assert len(uploaded_files(archive)) == len(ids)
+
+
+def test_redis_restarted_empty_mid_run(
+    engine: Engine, stack: Stack, tmp_path: Path, private_redis: LocalRedis
+) -> None:
+    """Redis comes back with nothing (persistence off): leases are released, work re-sent."""
+    stack.redis_url = private_redis.url(0)
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=12,
+        seconds=2,
+        remotes={"archive": _local(archive)},
+        uploader={"bandwidth_limit": "200k", "batch_size": 12},
+    )
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine) >= 2, 90)
+    private_redis.kill()
+    private_redis.start()  # same port, empty
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 180)
+    _ledger_is_clean(engine)
+
+
+def test_corrupt_wav_is_parked_and_never_holds_up_the_queue(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=4,
+        remotes={"archive": _local(archive)},
+        uploader={"max_file_attempts": 2},
+    )
+    with Session(engine) as s:
+        bad = make_recording(s)
+        (stack.workspace / bad.file_raw).parent.mkdir(parents=True, exist_ok=True)
+        (stack.workspace / bad.file_raw).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+        bad_id = bad.id
+        s.commit()
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 90)
+    assert wait_until(
+        lambda: (
+            scalar(
+                engine,
+                "SELECT count(*) FROM pair_state WHERE recording_id=:r AND parked_until > now()",
+                r=bad_id,
+            )
+            == 1
+        ),
+        60,
+    )
+    failures = scalar(
+        engine,
+        "SELECT count(*) FROM uploads WHERE recording_id=:r AND NOT success AND error_kind='file'",
+        r=bad_id,
+    )
+    assert failures == 2
+    time.sleep(3)  # parked: not tried again
+    assert scalar(engine, "SELECT count(*) FROM uploads WHERE recording_id=:r", r=bad_id) == 2
+    assert scalar(engine, "SELECT uploaded FROM recordings WHERE id=:r", r=bad_id) is False
+
+
+def test_two_workers_on_one_queue_never_upload_a_pair_twice(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    ids = seed_station(engine, stack.workspace, recordings=30, remotes={"archive": _local(archive)})
+    stack.start_worker("archive", name="worker-a")
+    stack.start_worker("archive", name="worker-b")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 120)
+    _ledger_is_clean(engine)
+    assert scalar(engine, "SELECT count(*) FROM uploads WHERE NOT success") == 0
+    # each upload was logged by exactly one worker
+    logged = [
+        stack.logs("worker-a").count('"upload.completed"'),
+        stack.logs("worker-b").count('"upload.completed"'),
+    ]
+    assert sum(logged) == len(ids)
+
+
+def test_backlog_drains_without_waiting_a_poll_interval_per_batch(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """200 pairs, batch 20, poll interval 120 s: without top-ups this takes ≥ 9 poll intervals."""
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=200,
+        seconds=0.2,
+        remotes={"archive": _local(archive)},
+        uploader={"poll_interval": 120, "batch_size": 20},
+    )
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    # a generous "eventually": one poll interval, far less than the 9 it would take by polling
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 120)
+    _ledger_is_clean(engine)
+
+
+def test_pause_stops_dispatch_and_never_flags_early(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=20,
+        seconds=1,
+        remotes={"nextcloud": _local(a), "usb": _local(b)},
+        uploader={"batch_size": 2, "bandwidth_limit": "200k"},
+    )
+    stack.start_worker("nextcloud")
+    stack.start_worker("usb")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine) >= 2, 90)
+    set_uploader(engine, enabled=False)
+    # in-flight work ends, then nothing moves
+    assert wait_until(
+        lambda: scalar(engine, "SELECT count(*) FROM pair_state WHERE lease_until > now()") == 0, 60
+    )
+    settled = success_rows(engine)
+    time.sleep(4)
+    assert success_rows(engine) == settled < 2 * len(ids)
+    _ledger_is_clean(engine)
+    set_uploader(engine, enabled=True)
+    assert wait_until(lambda: uploaded_count(engine) == len(ids), 150)
+    _ledger_is_clean(engine)
+
+
+def test_schedule_window_stops_dispatch(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    hour = datetime.now(UTC).hour
+    closed = {"schedule_start_hour": (hour + 2) % 24, "schedule_end_hour": (hour + 3) % 24}
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine, stack.workspace, recordings=3, remotes={"archive": _local(archive)}, uploader=closed
+    )
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    time.sleep(5)
+    assert success_rows(engine) == 0
+    assert scalar(engine, "SELECT count(*) FROM pair_state") == 0
+    set_uploader(engine, schedule_start_hour=hour, schedule_end_hour=(hour + 1) % 24)
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 60)
+
+
+def test_remote_change_applies_without_restart(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """A worker rereads its remote per task: a new target folder is used at once."""
+    from sqlalchemy import text
+
+    from tests.factories import make_recording_with_wav
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    seed_station(engine, stack.workspace, recordings=2, remotes={"archive": _local(first)})
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine) == 2, 60)
+    second.mkdir()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE storage_remotes SET target_path=:p"), {"p": str(second)})
+    with Session(engine) as s:
+        make_recording_with_wav(s, stack.workspace, seconds=0.5)
+        s.commit()
+    assert wait_until(lambda: len(uploaded_files(second)) == 1, 60)
+    assert len(uploaded_files(first)) == 2

@@ -1,0 +1,153 @@
+"""The seed's Phase 1 service tests in their Celery form: the worker process with a real
+database and Redis — `/healthy`, the heartbeat, settings and remote from the database, start
+and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from cli.local_servers import free_port
+from tests.factories import make_remote, set_config
+from tests.fixtures.stack import CLI, Stack, wait_until
+from tests.integration.e2e_helpers import scalar, seed_station
+from uploader.settings import UploaderServiceSettings
+
+
+def _healthy(port: int) -> tuple[int, dict[str, object]] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthy", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
+
+
+def _add_remote(engine: Engine, slug: str, folder: Path) -> None:
+    with Session(engine) as s:
+        make_remote(s, slug, type="local", target_path=str(folder))
+        s.commit()
+
+
+def test_service_name_and_port(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    assert UploaderServiceSettings().health_port == 9500
+    _add_remote(engine, "archive", tmp_path / "a")
+    stack.start_worker("archive")
+    client = redis.Redis.from_url(stack.redis_url)
+    assert wait_until(lambda: client.get("silvasonic:status:archive") is not None, 15)
+    payload = json.loads(client.get("silvasonic:status:archive") or b"{}")
+    assert payload["service"] == "uploader"
+    assert payload["meta"]["health_port"] == stack.health_ports["worker-archive"]
+
+
+def test_uploader_starts_with_db(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    _add_remote(engine, "archive", tmp_path / "a")
+    stack.start_worker("archive")
+    port = stack.health_ports["worker-archive"]
+    assert wait_until(lambda: (_healthy(port) or (0, {}))[0] == 200, 30)
+    _, body = _healthy(port) or (0, {})
+    assert body["status"] == "ok"
+    assert body["components"]["worker"]["healthy"] is True  # type: ignore[index]
+
+
+def test_uploader_heartbeat_published(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    seed_station(
+        engine,
+        stack.workspace,
+        recordings=2,
+        remotes={"archive": {"type": "local", "target_path": str(tmp_path / "a")}},
+    )
+    stack.start_worker("archive")
+    client = redis.Redis.from_url(stack.redis_url)
+    assert wait_until(lambda: client.get("silvasonic:status:archive") is not None, 15)
+    assert client.ttl("silvasonic:status:archive") >= 25
+    meta = json.loads(client.get("silvasonic:status:archive") or b"{}")["meta"]
+    assert {
+        "pending_count",
+        "uploaded_count",
+        "failed_count",
+        "last_upload_at",
+        "current_remote_slug",
+        "remote_state",
+    } <= set(meta)
+    assert meta["current_remote_slug"] == "archive"
+    assert meta["pending_count"] == 2
+    assert meta["remote_state"] == "ok"
+
+
+def test_storage_remote_loaded_from_slug_variable(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """The slug comes from SILVASONIC_STORAGE_REMOTE_SLUG when --remote is not given."""
+    archive = tmp_path / "a"
+    seed_station(
+        engine,
+        stack.workspace,
+        recordings=1,
+        remotes={"archive": {"type": "local", "target_path": str(archive)}},
+    )
+    port = str(free_port())
+    proc = stack._spawn(
+        "env-worker",
+        [*CLI, "worker"],
+        stack.env(SILVASONIC_STORAGE_REMOTE_SLUG="archive", SILVASONIC_HEALTH_PORT=port),
+    )
+    stack.start_dispatcher()
+    assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM uploads WHERE success") == 1, 60)
+    assert proc.poll() is None
+
+
+def test_lifecycle_start_shutdown(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    _add_remote(engine, "archive", tmp_path / "a")
+    proc = stack.start_worker("archive")
+    port = stack.health_ports["worker-archive"]
+    assert wait_until(lambda: (_healthy(port) or (0, {}))[0] == 200, 30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_settings_loaded_from_db(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    """The dispatcher leases exactly batch_size pairs, as read from system_config."""
+    seed_station(
+        engine,
+        stack.workspace,
+        recordings=8,
+        remotes={"archive": {"type": "local", "target_path": str(tmp_path / "a")}},
+        uploader={"batch_size": 3},
+    )
+    stack.start_dispatcher()  # no worker: leases stay live
+    assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM pair_state") == 3, 60)
+    # a changed setting applies without restart
+    with Session(engine) as s:
+        set_config(s, "uploader", {"poll_interval": 1, "batch_size": 5})
+        s.commit()
+    assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM pair_state") == 5, 60)
+
+
+def test_worker_refuses_outdated_schema(empty_db_url: str, redis_url: str) -> None:
+    from uploader.db import schema
+
+    schema.upgrade(empty_db_url, "0001")
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "worker", "--remote", "archive"],
+        env={
+            "SILVASONIC_DATABASE_URL": empty_db_url,
+            "SILVASONIC_REDIS_URL": redis_url,
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode != 0
+    assert "db upgrade" in result.stderr
