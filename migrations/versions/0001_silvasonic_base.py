@@ -61,7 +61,7 @@ BASE_DDL = [
         uploaded_at TIMESTAMPTZ,
         local_deleted BOOLEAN NOT NULL DEFAULT false,
         analysis_state JSONB NOT NULL DEFAULT '{}'::jsonb,
-        upload_info JSONB NOT NULL
+        upload_info JSONB NOT NULL DEFAULT '{}'::jsonb
     )""",
     "CREATE INDEX IF NOT EXISTS ix_recordings_time ON recordings (time)",
     "CREATE INDEX IF NOT EXISTS ix_recordings_sensor_id ON recordings (sensor_id)",

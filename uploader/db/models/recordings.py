@@ -49,8 +49,11 @@ class Recording(Base):
     analysis_state: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
-    # SEED-ERA only: never used upstream; the ORM had default=dict and no server default.
-    upload_info: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    # SEED-ERA only: never used upstream. The DDL's DEFAULT '{}' matters: upstream code after
+    # SEED-ERA (which dropped the column) inserts recordings without naming it.
+    upload_info: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
 
     __table_args__ = (
         Index("ix_recordings_time", "time"),
