@@ -1,0 +1,37 @@
+"""The Redis keys of a remote's queue ``upload.<slug>``, and their removal when the remote's
+worker is retired for good (deactivated, deleted, beyond ``max_uploaders``).
+
+Plain redis-py, no Celery (controller_ext never imports it). The key names are kombu's Redis
+transport layout, measured in ``reference/celery-experiments`` #10: the list ``upload.<slug>``,
+one list per priority ``upload.<slug>\\x06\\x16<prio>``, and the binding sets
+``_kombu.binding.upload.<slug>`` and ``_kombu.binding_permanent.upload.<slug>``. Dropping the
+messages loses nothing: the database is the record, and their leases expire and are claimed
+again should the remote return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+QUEUE_PREFIX = "upload."
+PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def queue_name(slug: str) -> str:
+    return f"{QUEUE_PREFIX}{slug}"
+
+
+def queue_keys(slug: str) -> list[str]:
+    """The fixed key names of queue ``upload.<slug>`` (priority lists are found by SCAN)."""
+    name = queue_name(slug)
+    return [name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"]
+
+
+def purge_queue_keys(client: redis.Redis[Any], slug: str) -> int:
+    """Delete every key of queue ``upload.<slug>``; returns how many existed."""
+    keys: list[str | bytes] = list(queue_keys(slug))
+    # slugs are [a-z0-9-] (uploader.remotes), so the name holds no glob characters
+    keys.extend(client.scan_iter(match=f"{queue_name(slug)}{PRIORITY_SEPARATOR}*", count=100))
+    return int(client.delete(*keys))
