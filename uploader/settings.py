@@ -99,7 +99,9 @@ class DatabaseSettings(BaseSettings):
     upstream's variables, accepting both the SEED-ERA (``POSTGRES_HOST/PORT``) and the HEAD
     (``SILVASONIC_DB_HOST/PORT``) spellings (contract §1.7)."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", populate_by_name=True)
+    # no populate_by_name: it makes pydantic-settings also read an env variable named like the
+    # field (a stray lower-case `host` or `port` would redirect the connection)
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     database_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SILVASONIC_DATABASE_URL")
@@ -142,7 +144,8 @@ def normalise_database_url(url: str) -> str:
 class UploaderServiceSettings(BaseSettings):
     """A worker's environment (the seed's Phase 1 ``UploaderServiceSettings``)."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", populate_by_name=True)
+    # no populate_by_name: it would also read variables named like the fields (`redis_url`)
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     redis_url: SecretStr = Field(
         default=SecretStr("redis://localhost:6379/0"),
