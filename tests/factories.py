@@ -172,3 +172,21 @@ def write_pcm_wav(
     data = ints.astype(np.int16) if bits == 16 else left_justified
     sf.write(str(path), data, rate, subtype=subtype, format="WAV")
     return left_justified
+
+
+def make_upload(
+    session: Session,
+    recording_id: int,
+    remote_slug: str,
+    *,
+    success: bool = True,
+    attempt_key: str | None = None,
+) -> None:
+    """An ``uploads`` row written directly, as an older (SEED-ERA) uploader would have."""
+    session.execute(
+        text(
+            "INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success,"
+            " attempt_key) VALUES (:rid, :slug, now(), 'x.flac', 1, :success, :key)"
+        ),
+        {"rid": recording_id, "slug": remote_slug, "success": success, "key": attempt_key},
+    )
