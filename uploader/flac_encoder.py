@@ -298,15 +298,17 @@ def _run_ffmpeg(wav_path: Path, partial: Path, deadline: float) -> None:
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """Kill ffmpeg's whole process group if it is still running, and collect it.
+    """Kill ffmpeg's whole process group unless the wait completed, and collect ffmpeg.
 
-    Runs on every exit from the wait (timeout, interrupt, normal end). ``poll()`` returning
-    None means the pid is not reaped yet, so the group id cannot have been reused.
+    Runs on every exit from the wait (timeout, interrupt, normal end). The group is killed even
+    when ffmpeg itself has already exited, since a child of it may live on (and hold stderr
+    open). ``returncode is None`` means ffmpeg is not reaped yet — running or a zombie — so its
+    pid, which is the group id, cannot have been reused. (``poll()`` here would reap it first.)
     """
-    if proc.poll() is None:
+    if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
     if proc.stderr is not None:
         proc.stderr.close()
 
