@@ -81,13 +81,13 @@ def load_station_settings(session: Session) -> StationSettings:
     """
     from uploader.db.models import SystemConfig
 
-    rows: dict[str, Any] = dict(
-        session.execute(
-            select(SystemConfig.key, SystemConfig.value).where(
-                SystemConfig.key.in_([UPLOADER_KEY, SYSTEM_KEY])
-            )
-        ).tuples()
+    result = session.execute(
+        select(SystemConfig.key, SystemConfig.value).where(
+            SystemConfig.key.in_([UPLOADER_KEY, SYSTEM_KEY])
+        )
     )
+    # not dict(result): a Result has .keys() (its column names), so dict() takes it for a mapping
+    rows: dict[str, Any] = {key: value for key, value in result}
     return StationSettings(
         uploader=_parse(UploaderSettings, UPLOADER_KEY, rows.get(UPLOADER_KEY)),
         system=_parse(SystemSettings, SYSTEM_KEY, rows.get(SYSTEM_KEY)),
