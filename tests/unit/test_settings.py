@@ -12,6 +12,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
+from sqlalchemy import Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import Session
 
 import uploader.settings as settings_module
@@ -57,14 +59,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
 
 
-class _Result:
-    def __init__(self, rows: list[tuple[str, Any]]) -> None:
-        self._rows = rows
-
-    def tuples(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._rows)
-
-
 class _FakeSession:
     """Answers the loader's one query with the given ``system_config`` rows."""
 
@@ -72,9 +66,11 @@ class _FakeSession:
         self.rows = rows
         self.queries = 0
 
-    def execute(self, _statement: object) -> _Result:
+    def execute(self, _statement: object) -> Result[Any]:
+        # a real SQLAlchemy Result (a hand-made stand-in once hid a bug: dict(result) treats
+        # a Result as a mapping because it has .keys())
         self.queries += 1
-        return _Result(list(self.rows.items()))
+        return IteratorResult(SimpleResultMetaData(["key", "value"]), iter(self.rows.items()))
 
 
 def _load(rows: dict[str, Any]) -> StationSettings:
