@@ -215,11 +215,13 @@ def keys_dir() -> Path:
 def _check_path(remote_slug: str, key: str, value: str) -> None:
     base = keys_dir().resolve()
     target = Path(value)
-    resolved = (base / target).resolve() if not target.is_absolute() else target.resolve()
-    if not resolved.is_relative_to(base):
+    # rclone expands a leading ~ and environment variables in these options and reads a
+    # relative path from its own working directory, so only a literal absolute path can be
+    # checked against the keys folder.
+    if "$" in value or not target.is_absolute() or not target.resolve().is_relative_to(base):
         raise RemoteConfigInvalid(
             remote_slug,
-            f"option {key!r} must name a file inside the keys folder {base} "
+            f"option {key!r} must be the absolute path of a file inside the keys folder {base} "
             f"(set {KEYS_DIR_ENV} to change it)",
         )
 
