@@ -163,11 +163,14 @@ def test_filename_with_folder_is_escaped_not_shortened():
     [
         (None, ""),
         ("", ""),
-        ("/", ""),
+        ("/", "/"),  # a local remote at the file system's root
         ("bucket", "bucket/"),
-        ("/bucket/archive/", "bucket/archive/"),
+        ("bucket/archive/", "bucket/archive/"),
+        ("/mnt/usb/archive/", "/mnt/usb/archive/"),  # absolute stays absolute (local, sftp)
+        ("//mnt//usb", "/mnt/usb/"),
         ("a//b", "a/b/"),
         ("a/../../b", "a/%2E%2E/%2E%2E/b/"),
+        ("/../../etc", "/%2E%2E/%2E%2E/etc/"),
         ("./x", "%2E/x/"),
         ("Nextcloud/Aufnahmen 100%", "Nextcloud/Aufnahmen 100%/"),  # the operator's % stays
         ("a\\..\\b", "a%5C..%5Cb/"),
