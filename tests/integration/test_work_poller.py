@@ -205,7 +205,9 @@ def test_reserved_id_committed_late_behind_the_cursor_is_found(session: Session)
     assert (_cursor(session, "nextcloud") or 0) >= after[-1].id > late_id
     # when: the in-flight row becomes visible with its lower id
     rec = make_recording(session)
-    session.execute(text("UPDATE recordings SET id = :late WHERE id = :i"), {"late": late_id, "i": rec.id})
+    session.execute(
+        text("UPDATE recordings SET id = :late WHERE id = :i"), {"late": late_id, "i": rec.id}
+    )
     # then: it is found and claimed, though it sits behind the cursor
     assert _ids(find_pending_uploads(session, "nextcloud", 50)) == [late_id]
     assert [g.recording_id for g in leases.claim(session, "nextcloud", 50, lease_s=60)] == [late_id]
@@ -294,7 +296,7 @@ def test_count_pending_counts_new_and_retry_work_but_not_leased_or_parked(
     make_recording(session, local_deleted=True)
     make_upload(session, recs[0].id, "nextcloud")
     assert count_pending(session, "nextcloud") == 5
-    a, b, c = leases.claim(session, "nextcloud", 3, lease_s=60)
+    a, b, _c = leases.claim(session, "nextcloud", 3, lease_s=60)
     assert count_pending(session, "nextcloud") == 2  # three leased
     leases.release(session, a.recording_id, "nextcloud", a.token)
     assert count_pending(session, "nextcloud") == 3  # a is retry work again
