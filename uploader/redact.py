@@ -10,7 +10,10 @@ from collections.abc import Iterable
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 _KEY_VALUE = re.compile(
     r"(?i)\b(?P<key>[\w-]*(?:pass|password|secret|token|key|authorization)[\w-]*)"
-    r"(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+    r"(?P<sep>\s*[=:]\s*)"
+    # an HTTP auth scheme is followed by the credential itself (rclone's --dump headers)
+    r"(?P<value>(?:(?:basic|bearer|digest|token|negotiate|aws4-hmac-sha256)\s+)?"
+    r"(?:\"[^\"]*\"|'[^']*'|[^\s,;&]+))"
 )
 MASK = "***"
 _MAX_EXCERPT = 2000
