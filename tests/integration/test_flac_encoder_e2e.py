@@ -49,7 +49,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
         procs.append(proc)
         return proc
 
-    monkeypatch.setattr(flac_encoder.subprocess, "Popen", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy)
     return procs
 
 
@@ -103,7 +103,7 @@ def sh_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # ---- the seed's table -------------------------------------------------------------------
 
 
-def test_real_wav_to_flac(tmp_path: Path):
+def test_real_wav_to_flac(tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "raw_20260329_143000.wav", seconds=10.0)
     flac = encode_wav_to_flac(wav, tmp_path / "out", engine="ffmpeg")
     assert flac == tmp_path / "out" / "raw_20260329_143000.flac"
@@ -115,7 +115,7 @@ def test_real_wav_to_flac(tmp_path: Path):
 
 
 @pytest.mark.parametrize("seconds", [10.0])
-def test_flac_smaller_than_wav(tmp_path: Path, engine: str, seconds: float):
+def test_flac_smaller_than_wav(tmp_path: Path, engine: str, seconds: float) -> None:
     wav = write_wav(tmp_path / "a.wav", seconds=seconds)
     flac = encode_wav_to_flac(wav, tmp_path / "out", engine=engine)
     assert flac.stat().st_size < 0.8 * wav.stat().st_size
@@ -129,7 +129,7 @@ def test_flac_smaller_than_wav(tmp_path: Path, engine: str, seconds: float):
 @pytest.mark.parametrize("bits", [16, 24])
 def test_flac_decodes_to_the_wav_samples(
     tmp_path: Path, engine: str, bits: int, rate: int, channels: int
-):
+) -> None:
     expected = write_pcm_wav(tmp_path / "a.wav", 1.0, rate, bits, channels, seed=bits + channels)
     flac = encode_wav_to_flac(tmp_path / "a.wav", tmp_path / "out", engine=engine)
     decoded, decoded_rate = sf.read(str(flac), dtype="int32", always_2d=True)
@@ -139,14 +139,14 @@ def test_flac_decodes_to_the_wav_samples(
     assert sf.info(str(flac)).subtype == f"PCM_{bits}"
 
 
-def test_24_bits_in_a_32_bit_wav_are_kept(tmp_path: Path, engine: str):
+def test_24_bits_in_a_32_bit_wav_are_kept(tmp_path: Path, engine: str) -> None:
     expected = write_pcm_wav(tmp_path / "src.wav", 0.5, 48_000, 24, 2)
     sf.write(str(tmp_path / "a.wav"), expected, 48_000, subtype="PCM_32", format="WAV")
     flac = encode_wav_to_flac(tmp_path / "a.wav", tmp_path / "out", engine=engine)
     assert np.array_equal(sf.read(str(flac), dtype="int32", always_2d=True)[0], expected)
 
 
-def test_full_32_bit_wav_is_refused_not_truncated(tmp_path: Path, engine: str):
+def test_full_32_bit_wav_is_refused_not_truncated(tmp_path: Path, engine: str) -> None:
     # ffmpeg silently writes such a file as 24-bit FLAC and exits 0; the check must catch it
     write_pcm_wav(tmp_path / "a.wav", 0.5, 48_000, 32, 1)
     with pytest.raises(FlacEncodingError, match="not lossless"):
@@ -154,7 +154,7 @@ def test_full_32_bit_wav_is_refused_not_truncated(tmp_path: Path, engine: str):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_colon_in_file_name(tmp_path: Path, engine: str):
+def test_colon_in_file_name(tmp_path: Path, engine: str) -> None:
     wav = write_wav(tmp_path / "concat:a.wav", seconds=0.5)
     flac = encode_wav_to_flac(wav, tmp_path / "out", engine=engine)
     assert flac.name == "concat:a.flac"
@@ -169,7 +169,7 @@ def test_colon_in_file_name(tmp_path: Path, engine: str):
     [b"this is not audio" * 100, b"RIFF\xff\xff\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00"],
     ids=["garbage", "truncated-header"],
 )
-def test_corrupt_wav_raises_and_leaves_nothing(tmp_path: Path, engine: str, content: bytes):
+def test_corrupt_wav_raises_and_leaves_nothing(tmp_path: Path, engine: str, content: bytes) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(content)
     with pytest.raises(FlacEncodingError) as caught:
@@ -178,7 +178,7 @@ def test_corrupt_wav_raises_and_leaves_nothing(tmp_path: Path, engine: str, cont
     assert list((tmp_path / "out").glob("*")) == []
 
 
-def test_timeout_kills_ffmpeg(tmp_path: Path, started: list[subprocess.Popen[bytes]]):
+def test_timeout_kills_ffmpeg(tmp_path: Path, started: list[subprocess.Popen[bytes]]) -> None:
     wav = big_wav(tmp_path / "big.wav")
     with pytest.raises(FlacEncodingError, match="in time"):
         encode_wav_to_flac(wav, tmp_path / "out", engine="ffmpeg", timeout_s=0.05)
@@ -190,7 +190,7 @@ def test_timeout_kills_ffmpeg(tmp_path: Path, started: list[subprocess.Popen[byt
 
 def test_timeout_kills_the_whole_process_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[subprocess.Popen[bytes]]
-):
+) -> None:
     pidfile = sh_wrapper(tmp_path, monkeypatch)
     wav = write_wav(tmp_path / "a.wav", seconds=1.0)
     # the child keeps stderr open, so the wait ends only by the timeout, whatever ffmpeg does
@@ -232,7 +232,7 @@ def test_soft_time_limit_kills_the_process_group(
     monkeypatch: pytest.MonkeyPatch,
     started: list[subprocess.Popen[bytes]],
     soft_time_limit_in: Any,
-):
+) -> None:
     pidfile = sh_wrapper(tmp_path, monkeypatch)
     wav = big_wav(tmp_path / "big.wav")
     soft_time_limit_in(0.3)
@@ -272,7 +272,7 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_temp_folder_raises_temp_space_exhausted(
     tmp_path: Path, tiny_tmpfs: Path, engine: str
-):
+) -> None:
     wav = write_wav(tmp_path / "a.wav", seconds=3.0)  # about 290 KB of WAV, 150 KB of FLAC
     with pytest.raises(TempSpaceExhausted) as caught:
         encode_wav_to_flac(wav, tiny_tmpfs, engine=engine)

@@ -7,8 +7,10 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +123,7 @@ def killpg_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeFfmpeg) -> FakeFfmpeg:
-    monkeypatch.setattr(flac_encoder.subprocess, "Popen", fake)
+    monkeypatch.setattr(subprocess, "Popen", fake)
     monkeypatch.setenv("SILVASONIC_FFMPEG_BINARY", "/bin/true")  # resolvable, never run
     return fake
 
@@ -133,25 +135,33 @@ def files_in(folder: Path) -> list[str]:
 # ---- the seed's table -------------------------------------------------------------------
 
 
-def test_encode_creates_flac_file(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_encode_creates_flac_file(
+    monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg("ok"))
     result = encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
     assert result.is_file()
     assert sf.info(str(result)).format == "FLAC"
 
 
-def test_encode_returns_correct_path(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_encode_returns_correct_path(
+    monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg("ok"))
     assert encode_wav_to_flac(wav, out_dir, engine="ffmpeg") == out_dir / f"{wav.stem}.flac"
 
 
-def test_encode_fails_on_ffmpeg_error(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_encode_fails_on_ffmpeg_error(
+    monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg("partial", stderr=b"Invalid data found", returncode=1))
     with pytest.raises(FlacEncodingError, match=r"exited with 1.*Invalid data found"):
         encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
 
 
-def test_encode_cleanup_on_failure(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_encode_cleanup_on_failure(
+    monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
+) -> None:
     fake = use_fake(monkeypatch, FakeFfmpeg("partial", stderr=b"boom", returncode=1))
     with pytest.raises(FlacEncodingError):
         encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
@@ -161,7 +171,7 @@ def test_encode_cleanup_on_failure(monkeypatch: pytest.MonkeyPatch, wav: Path, o
 
 def test_encode_preserves_filename_stem(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, out_dir: Path
-):
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg("ok"))
     src = write_wav(tmp_path / "raw_20260329_143000.v2.WAV", 0.5)
     assert encode_wav_to_flac(src, out_dir, engine="ffmpeg").name == "raw_20260329_143000.v2.flac"
@@ -172,7 +182,7 @@ def test_encode_preserves_filename_stem(
 
 def test_ffmpeg_command_line_and_process_group(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
-):
+) -> None:
     fake = use_fake(monkeypatch, FakeFfmpeg("ok"))
     encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
     cmd, kwargs = fake.procs[0].cmd, fake.kwargs[0]
@@ -187,7 +197,7 @@ def test_ffmpeg_command_line_and_process_group(
 
 def test_ffmpeg_message_is_redacted_and_trimmed(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
-):
+) -> None:
     noise = b"x" * 5000 + b" https://user:hunter2@dav.example/in.wav: I/O error"
     use_fake(monkeypatch, FakeFfmpeg("partial", stderr=noise, returncode=1))
     with pytest.raises(FlacEncodingError) as caught:
@@ -200,7 +210,7 @@ def test_ffmpeg_message_is_redacted_and_trimmed(
 @pytest.mark.parametrize("returncode", [0, 228])
 def test_ffmpeg_enospc_is_temp_space_exhausted(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path, returncode: int
-):
+) -> None:
     # ffmpeg 5.1 exits 0 after "No space left on device"; newer ones exit 228
     stderr = b"Error writing trailer of out.flac: No space left on device\n"
     use_fake(monkeypatch, FakeFfmpeg("enospc", stderr=stderr, returncode=returncode))
@@ -216,7 +226,7 @@ def test_ffmpeg_enospc_is_temp_space_exhausted(
 )
 def test_output_checked_even_when_ffmpeg_says_success(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path, behaviour: str, message: str
-):
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg(behaviour, returncode=0))
     with pytest.raises(FlacEncodingError, match=message):
         encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
@@ -225,7 +235,7 @@ def test_output_checked_even_when_ffmpeg_says_success(
 
 def test_ffmpeg_timeout_kills_process_group(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path, killpg_calls: list[Any]
-):
+) -> None:
     fake = use_fake(monkeypatch, FakeFfmpeg("hang"))
     with pytest.raises(FlacEncodingError, match="in time"):
         encode_wav_to_flac(wav, out_dir, engine="ffmpeg", timeout_s=0.5)
@@ -237,7 +247,7 @@ def test_ffmpeg_timeout_kills_process_group(
 
 def test_interrupt_while_waiting_kills_process_group(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path, killpg_calls: list[Any]
-):
+) -> None:
     # Celery's SoftTimeLimitExceeded arrives the same way: raised inside the wait
     use_fake(monkeypatch, FakeFfmpeg("interrupt"))
     with capture_logs() as logs, pytest.raises(KeyboardInterrupt):
@@ -249,7 +259,7 @@ def test_interrupt_while_waiting_kills_process_group(
 
 def test_finished_process_is_not_signalled(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path, killpg_calls: list[Any]
-):
+) -> None:
     use_fake(monkeypatch, FakeFfmpeg("ok"))
     encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
     assert killpg_calls == []
@@ -259,7 +269,7 @@ def test_finished_process_is_not_signalled(
 
 
 @pytest.mark.parametrize("engine", ["ffmpeg", "libflac"])
-def test_missing_wav_raises_source_missing(tmp_path: Path, out_dir: Path, engine: str):
+def test_missing_wav_raises_source_missing(tmp_path: Path, out_dir: Path, engine: str) -> None:
     with pytest.raises(SourceMissing) as caught:
         encode_wav_to_flac(tmp_path / "gone.wav", out_dir, engine=engine)
     assert isinstance(caught.value, FileRejected)
@@ -272,7 +282,7 @@ def test_missing_wav_raises_source_missing(tmp_path: Path, out_dir: Path, engine
 )
 def test_corrupt_wav_raises_flac_encoding_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, out_dir: Path, engine: str, content: bytes
-):
+) -> None:
     fake = use_fake(monkeypatch, FakeFfmpeg("ok"))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(content)
@@ -282,14 +292,14 @@ def test_corrupt_wav_raises_flac_encoding_error(
     assert files_in(out_dir) == []
 
 
-def test_directory_is_not_a_wav(tmp_path: Path, out_dir: Path):
+def test_directory_is_not_a_wav(tmp_path: Path, out_dir: Path) -> None:
     (tmp_path / "dir.wav").mkdir()
     with pytest.raises(FlacEncodingError, match="not a regular file"):
         encode_wav_to_flac(tmp_path / "dir.wav", out_dir, engine="libflac")
 
 
 @pytest.mark.parametrize("engine", ["ffmpeg", "libflac"])
-def test_float_wav_refused(tmp_path: Path, out_dir: Path, engine: str):
+def test_float_wav_refused(tmp_path: Path, out_dir: Path, engine: str) -> None:
     src = tmp_path / "float.wav"
     sf.write(str(src), np.zeros(4800), 48000, subtype="FLOAT", format="WAV")
     with pytest.raises(FlacEncodingError, match="only integer PCM"):
@@ -300,7 +310,9 @@ def test_float_wav_refused(tmp_path: Path, out_dir: Path, engine: str):
 
 
 @pytest.mark.parametrize(("bits", "channels"), [(16, 1), (24, 2)])
-def test_libflac_engine_is_lossless(tmp_path: Path, out_dir: Path, bits: int, channels: int):
+def test_libflac_engine_is_lossless(
+    tmp_path: Path, out_dir: Path, bits: int, channels: int
+) -> None:
     expected = write_pcm_wav(tmp_path / "a.wav", 0.5, 48000, bits, channels)
     result = encode_wav_to_flac(tmp_path / "a.wav", out_dir, engine="libflac")
     decoded, rate = sf.read(str(result), dtype="int32", always_2d=True)
@@ -309,21 +321,21 @@ def test_libflac_engine_is_lossless(tmp_path: Path, out_dir: Path, bits: int, ch
     assert sf.info(str(result)).subtype == f"PCM_{bits}"
 
 
-def test_32bit_wav_using_only_24_bits_is_kept(tmp_path: Path, out_dir: Path):
+def test_32bit_wav_using_only_24_bits_is_kept(tmp_path: Path, out_dir: Path) -> None:
     expected = write_pcm_wav(tmp_path / "24in32.wav", 0.3, 48000, 24, 1)
     sf.write(str(tmp_path / "a.wav"), expected, 48000, subtype="PCM_32", format="WAV")
     result = encode_wav_to_flac(tmp_path / "a.wav", out_dir, engine="libflac")
     assert np.array_equal(sf.read(str(result), dtype="int32", always_2d=True)[0], expected)
 
 
-def test_32bit_wav_using_all_bits_is_refused(tmp_path: Path, out_dir: Path):
+def test_32bit_wav_using_all_bits_is_refused(tmp_path: Path, out_dir: Path) -> None:
     write_pcm_wav(tmp_path / "a.wav", 0.3, 48000, 32, 1)
     with pytest.raises(FlacEncodingError, match=r"not lossless.*more than 24 bits"):
         encode_wav_to_flac(tmp_path / "a.wav", out_dir, engine="libflac")
     assert files_in(out_dir) == []
 
 
-def test_libflac_timeout(tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def test_libflac_timeout(tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_pcm_wav(tmp_path / "a.wav", 3.0, 48000, 16, 1)
     monkeypatch.setattr(flac_encoder, "_BLOCK_FRAMES", 1024)
     with pytest.raises(FlacEncodingError, match="in time"):
@@ -334,7 +346,7 @@ def test_libflac_timeout(tmp_path: Path, out_dir: Path, monkeypatch: pytest.Monk
 # ---- output handling ---------------------------------------------------------------------
 
 
-def test_existing_output_is_replaced_atomically(wav: Path, out_dir: Path):
+def test_existing_output_is_replaced_atomically(wav: Path, out_dir: Path) -> None:
     out_dir.mkdir()
     (out_dir / f"{wav.stem}.flac").write_bytes(b"stale")
     result = encode_wav_to_flac(wav, out_dir, engine="libflac")
@@ -344,30 +356,28 @@ def test_existing_output_is_replaced_atomically(wav: Path, out_dir: Path):
 
 def test_full_temp_dir_when_creating_output(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
-):
+) -> None:
     def full(*_a: Any, **_k: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(flac_encoder.tempfile, "mkstemp", full)
+    monkeypatch.setattr(tempfile, "mkstemp", full)
     with pytest.raises(TempSpaceExhausted, match="is full"):
         encode_wav_to_flac(wav, out_dir, engine="libflac")
 
 
 def test_broken_output_on_a_full_disk_is_not_the_files_fault(
     monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
-):
+) -> None:
     # ffmpeg sometimes says nothing about the full disk: a short FLAC plus no free space
     use_fake(monkeypatch, FakeFfmpeg("partial", returncode=0))
-    monkeypatch.setattr(
-        flac_encoder.shutil, "disk_usage", lambda _p: flac_encoder.shutil._ntuple_diskusage(1, 1, 0)
-    )
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(1, 1, 0))
     with pytest.raises(TempSpaceExhausted) as caught:
         encode_wav_to_flac(wav, out_dir, engine="ffmpeg")
     assert isinstance(caught.value.__cause__, FlacEncodingError)
     assert files_in(out_dir) == []
 
 
-def test_other_output_dir_problems_are_not_the_files_fault(wav: Path, tmp_path: Path):
+def test_other_output_dir_problems_are_not_the_files_fault(wav: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OSError) as caught:
@@ -375,7 +385,7 @@ def test_other_output_dir_problems_are_not_the_files_fault(wav: Path, tmp_path: 
     assert not isinstance(caught.value, UploaderError)
 
 
-def test_remove_partial_outputs(tmp_path: Path):
+def test_remove_partial_outputs(tmp_path: Path) -> None:
     (tmp_path / ".a.x1.partial.flac").write_bytes(b"x")
     (tmp_path / ".b.x2.partial.flac").write_bytes(b"x")
     (tmp_path / "a.flac").write_bytes(b"x")
@@ -383,7 +393,7 @@ def test_remove_partial_outputs(tmp_path: Path):
     assert files_in(tmp_path) == ["a.flac"]
 
 
-def test_failure_is_logged(tmp_path: Path, out_dir: Path):
+def test_failure_is_logged(tmp_path: Path, out_dir: Path) -> None:
     with capture_logs() as logs, pytest.raises(SourceMissing):
         encode_wav_to_flac(tmp_path / "gone.wav", out_dir, engine="libflac")
     assert logs == []  # refused before work: the caller decides (local_deleted or not)
@@ -403,14 +413,14 @@ def test_failure_is_logged(tmp_path: Path, out_dir: Path):
 # ---- configuration -----------------------------------------------------------------------
 
 
-def test_default_engine(monkeypatch: pytest.MonkeyPatch):
+def test_default_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SILVASONIC_FLAC_ENGINE", raising=False)
     assert default_engine() == "ffmpeg"
     monkeypatch.setenv("SILVASONIC_FLAC_ENGINE", " LibFLAC ")
     assert default_engine() == "libflac"
 
 
-def test_unknown_engine_refused(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_unknown_engine_refused(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path) -> None:
     monkeypatch.setenv("SILVASONIC_FLAC_ENGINE", "lame")
     with pytest.raises(ValueError, match="SILVASONIC_FLAC_ENGINE='lame'"):
         default_engine()
@@ -418,7 +428,9 @@ def test_unknown_engine_refused(monkeypatch: pytest.MonkeyPatch, wav: Path, out_
         encode_wav_to_flac(wav, out_dir, engine="sox")
 
 
-def test_engine_from_environment_is_used(monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path):
+def test_engine_from_environment_is_used(
+    monkeypatch: pytest.MonkeyPatch, wav: Path, out_dir: Path
+) -> None:
     fake = use_fake(monkeypatch, FakeFfmpeg("ok"))
     monkeypatch.setenv("SILVASONIC_FLAC_ENGINE", "libflac")
     encode_wav_to_flac(wav, out_dir)
@@ -428,7 +440,7 @@ def test_engine_from_environment_is_used(monkeypatch: pytest.MonkeyPatch, wav: P
     assert len(fake.procs) == 1
 
 
-def test_non_positive_timeout_refused(wav: Path, out_dir: Path):
+def test_non_positive_timeout_refused(wav: Path, out_dir: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         encode_wav_to_flac(wav, out_dir, engine="libflac", timeout_s=0)
 
@@ -440,7 +452,9 @@ def make_executable(path: Path) -> Path:
     return path
 
 
-def test_resolve_ffmpeg_prefers_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_resolve_ffmpeg_prefers_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     mine = make_executable(tmp_path / "custom" / "my-ffmpeg")
     make_executable(tmp_path / "bin" / "ffmpeg")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
@@ -448,7 +462,9 @@ def test_resolve_ffmpeg_prefers_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert resolve_ffmpeg() == str(mine)
 
 
-def test_resolve_ffmpeg_refuses_a_bad_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_resolve_ffmpeg_refuses_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     (tmp_path / "not-exec").write_text("")
     for value in (str(tmp_path / "nowhere"), str(tmp_path / "not-exec")):
         monkeypatch.setenv("SILVASONIC_FFMPEG_BINARY", value)
@@ -456,7 +472,9 @@ def test_resolve_ffmpeg_refuses_a_bad_setting(monkeypatch: pytest.MonkeyPatch, t
             resolve_ffmpeg()
 
 
-def test_resolve_ffmpeg_then_path_then_wheel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_resolve_ffmpeg_then_path_then_wheel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import imageio_ffmpeg
 
     monkeypatch.delenv("SILVASONIC_FFMPEG_BINARY", raising=False)
@@ -467,7 +485,7 @@ def test_resolve_ffmpeg_then_path_then_wheel(monkeypatch: pytest.MonkeyPatch, tm
     assert resolve_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def test_default_timeout_grows_with_size():
+def test_default_timeout_grows_with_size() -> None:
     assert default_timeout_s(0) == 30.0
     assert default_timeout_s(10_000_000) == 40.0
     assert default_timeout_s(100_000_000) == 130.0
@@ -476,13 +494,13 @@ def test_default_timeout_grows_with_size():
 # ---- helpers -----------------------------------------------------------------------------
 
 
-def test_file_md5_matches_hashlib(tmp_path: Path):
+def test_file_md5_matches_hashlib(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 7)
     (tmp_path / "f").write_bytes(data)
     assert file_md5(tmp_path / "f") == hashlib.md5(data).hexdigest()
 
 
-def test_verify_lossless_detects_differences(tmp_path: Path):
+def test_verify_lossless_detects_differences(tmp_path: Path) -> None:
     expected = write_pcm_wav(tmp_path / "a.wav", 0.3, 48000, 16, 2)
     flac = tmp_path / "a.flac"
     sf.write(str(flac), expected, 48000, subtype="PCM_16", format="FLAC")

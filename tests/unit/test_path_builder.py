@@ -24,40 +24,40 @@ T = datetime(2026, 3, 29, 14, 30, 0, tzinfo=UTC)
 # ---- the seed's table -------------------------------------------------------------------
 
 
-def test_builds_correct_remote_path():
+def test_builds_correct_remote_path() -> None:
     path = build_remote_path("Silvasonic MVP", "ultramic-01", T, "raw_20260329_143000.wav")
     assert path == "silvasonic/silvasonic-mvp/ultramic-01/2026-03-29/raw_20260329_143000.flac"
 
 
-def test_date_extracted_from_time():
+def test_date_extracted_from_time() -> None:
     path = build_remote_path("s", "m", datetime(2026, 3, 29, 14, 30, 0), "a.wav")
     assert path.split("/")[3] == "2026-03-29"
 
 
-def test_station_name_slugified():
+def test_station_name_slugified() -> None:
     assert station_slug("Silvasonic Müller-Station [Test]") == "silvasonic-mueller-station-test"
     path = build_remote_path("Silvasonic Müller-Station [Test]", "m", T, "a.wav")
     assert path.split("/")[1] == "silvasonic-mueller-station-test"
 
 
-def test_station_name_simple():
+def test_station_name_simple() -> None:
     assert station_slug("Silvasonic MVP") == "silvasonic-mvp"
 
 
-def test_filename_extension_replaced():
+def test_filename_extension_replaced() -> None:
     assert build_remote_path("s", "m", T, "raw_1.wav").endswith("/raw_1.flac")
 
 
 # ---- dates -------------------------------------------------------------------------------
 
 
-def test_date_is_utc_for_aware_times():
+def test_date_is_utc_for_aware_times() -> None:
     # 00:30 in UTC+02:00 is still the previous day in UTC
     local = datetime(2026, 3, 30, 0, 30, tzinfo=timezone(timedelta(hours=2)))
     assert build_remote_path("s", "m", local, "a.wav").split("/")[3] == "2026-03-29"
 
 
-def test_naive_time_is_taken_as_utc():
+def test_naive_time_is_taken_as_utc() -> None:
     naive = datetime(2026, 12, 31, 23, 59, 59)
     assert build_remote_path("s", "m", naive, "a.wav").split("/")[3] == "2026-12-31"
 
@@ -76,7 +76,7 @@ def test_naive_time_is_taken_as_utc():
         ("!!! ???", "station"),
     ],
 )
-def test_station_slug_cases(name: str, slug: str):
+def test_station_slug_cases(name: str, slug: str) -> None:
     assert station_slug(name) == slug
 
 
@@ -96,7 +96,7 @@ def test_station_slug_cases(name: str, slug: str):
         ),
     ],
 )
-def test_flac_name(filename: str, expected: str):
+def test_flac_name(filename: str, expected: str) -> None:
     assert flac_name(filename) == expected
 
 
@@ -122,11 +122,11 @@ def test_flac_name(filename: str, expected: str):
         ("\udcff", "%ED%B3%BF"),  # a lone surrogate never raises
     ],
 )
-def test_escape_segment(value: str, escaped: str):
+def test_escape_segment(value: str, escaped: str) -> None:
     assert escape_segment(value) == escaped
 
 
-def test_escape_is_one_to_one():
+def test_escape_is_one_to_one() -> None:
     values = ["", ".", "..", "%", "%2E", "%2E%2E", "a/b", "a%2Fb", "a\\b", "a%5Cb", "\x00", "%00"]
     assert len({escape_segment(v) for v in values}) == len(values)
 
@@ -135,7 +135,7 @@ def test_escape_is_one_to_one():
 @pytest.mark.parametrize(
     "filename", ["../../x.wav", "..", ".", "a/b.wav", "a\\..\\b.wav", "\n.wav"]
 )
-def test_unsafe_sensor_and_filename_stay_in_their_folder(sensor_id: str, filename: str):
+def test_unsafe_sensor_and_filename_stay_in_their_folder(sensor_id: str, filename: str) -> None:
     path = build_remote_path("Station", sensor_id, T, filename)
     segments = path.split("/")
     assert len(segments) == 5
@@ -150,7 +150,7 @@ def test_unsafe_sensor_and_filename_stay_in_their_folder(sensor_id: str, filenam
     assert build_remote_path("Station", sensor_id, T, filename) == path
 
 
-def test_filename_with_folder_is_escaped_not_shortened():
+def test_filename_with_folder_is_escaped_not_shortened() -> None:
     assert flac_name("ws/data/raw/a.wav") == "ws%2Fdata%2Fraw%2Fa.flac"
     assert flac_name("a.b/c") == "a.b%2Fc.flac"  # the "extension" holds a slash: none
 
@@ -177,7 +177,7 @@ def test_filename_with_folder_is_escaped_not_shortened():
         ("tab\there", "tab%09here/"),
     ],
 )
-def test_target_path_prefix(target: str | None, prefix: str):
+def test_target_path_prefix(target: str | None, prefix: str) -> None:
     path = build_remote_path("S", "m", T, "a.wav", target)
     assert path == f"{prefix}silvasonic/s/m/2026-03-29/a.flac"
 
@@ -201,17 +201,17 @@ def outside(tmp_path: Path) -> Path:
     return outside
 
 
-def test_resolves_inside_the_root(root: Path):
+def test_resolves_inside_the_root(root: Path) -> None:
     assert resolve_local_path(root, "mic/data/raw/a.wav") == root.resolve() / "mic/data/raw/a.wav"
 
 
-def test_missing_file_is_the_callers_business(root: Path):
+def test_missing_file_is_the_callers_business(root: Path) -> None:
     path = resolve_local_path(root, "mic/data/raw/gone.wav")
     assert path == root.resolve() / "mic/data/raw/gone.wav"
     assert not path.exists()
 
 
-def test_dotdot_inside_the_root_is_allowed(root: Path):
+def test_dotdot_inside_the_root_is_allowed(root: Path) -> None:
     assert resolve_local_path(root, "mic/data/../data/raw/a.wav").name == "a.wav"
 
 
@@ -219,54 +219,54 @@ def test_dotdot_inside_the_root_is_allowed(root: Path):
     "file_raw",
     ["../../etc/passwd", "../outside/secret.wav", "mic/../../x.wav", "..", ".", "mic/..", ""],
 )
-def test_traversal_refused(root: Path, file_raw: str):
+def test_traversal_refused(root: Path, file_raw: str) -> None:
     with pytest.raises(UnsafePath) as caught:
         resolve_local_path(root, file_raw)
     assert isinstance(caught.value, FileRejected)
 
 
-def test_absolute_file_raw_refused(root: Path):
+def test_absolute_file_raw_refused(root: Path) -> None:
     inside_but_absolute = str(root / "mic" / "data" / "raw" / "a.wav")
     for file_raw in ("/etc/passwd", inside_but_absolute):
         with pytest.raises(UnsafePath, match="absolute"):
             resolve_local_path(root, file_raw)
 
 
-def test_nul_refused(root: Path):
+def test_nul_refused(root: Path) -> None:
     with pytest.raises(UnsafePath, match="NUL"):
         resolve_local_path(root, "mic/a\x00.wav")
 
 
-def test_symlinked_file_pointing_out_refused(root: Path, outside: Path):
+def test_symlinked_file_pointing_out_refused(root: Path, outside: Path) -> None:
     os.symlink(outside / "secret.wav", root / "mic" / "data" / "raw" / "link.wav")
     with pytest.raises(UnsafePath, match="outside"):
         resolve_local_path(root, "mic/data/raw/link.wav")
 
 
-def test_dangling_symlink_pointing_out_refused(root: Path, outside: Path):
+def test_dangling_symlink_pointing_out_refused(root: Path, outside: Path) -> None:
     os.symlink(outside / "does-not-exist.wav", root / "mic" / "data" / "raw" / "dangling.wav")
     with pytest.raises(UnsafePath, match="outside"):
         resolve_local_path(root, "mic/data/raw/dangling.wav")
 
 
-def test_symlinked_parent_folder_pointing_out_refused(root: Path, outside: Path):
+def test_symlinked_parent_folder_pointing_out_refused(root: Path, outside: Path) -> None:
     os.symlink(outside, root / "mic" / "data" / "evil")
     with pytest.raises(UnsafePath, match="outside"):
         resolve_local_path(root, "mic/data/evil/secret.wav")
 
 
-def test_symlink_inside_the_root_is_followed(root: Path):
+def test_symlink_inside_the_root_is_followed(root: Path) -> None:
     os.symlink(root / "mic" / "data" / "raw" / "a.wav", root / "mic" / "alias.wav")
     assert resolve_local_path(root, "mic/alias.wav") == root.resolve() / "mic/data/raw/a.wav"
 
 
-def test_symlinked_root_itself_is_fine(root: Path, tmp_path: Path):
+def test_symlinked_root_itself_is_fine(root: Path, tmp_path: Path) -> None:
     os.symlink(root, tmp_path / "root-link")
     resolved = resolve_local_path(tmp_path / "root-link", "mic/data/raw/a.wav")
     assert resolved == root.resolve() / "mic/data/raw/a.wav"
 
 
-def test_symlink_loop_refused(root: Path):
+def test_symlink_loop_refused(root: Path) -> None:
     os.symlink(root / "mic" / "loop-b", root / "mic" / "loop-a")
     os.symlink(root / "mic" / "loop-a", root / "mic" / "loop-b")
     with pytest.raises(UnsafePath):

@@ -3,6 +3,7 @@ structlog events (names and fields are a contract operators grep for)."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ def make_stats(clock: Clock, startup_s: float = 300, interval_s: float = 300) ->
     return UploadStats(startup_s=startup_s, summary_interval_s=interval_s, clock=clock)
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
@@ -50,7 +51,7 @@ def past_startup(clock: Clock) -> UploadStats:
 # ---- the seed's table -------------------------------------------------------------------
 
 
-def test_startup_phase_logs_individually(clock: Clock):
+def test_startup_phase_logs_individually(clock: Clock) -> None:
     stats = make_stats(clock)
     clock.advance(10)
     with capture_logs() as logs:
@@ -67,7 +68,7 @@ def test_startup_phase_logs_individually(clock: Clock):
     ]
 
 
-def test_steady_state_accumulates(clock: Clock):
+def test_steady_state_accumulates(clock: Clock) -> None:
     stats = past_startup(clock)
     with capture_logs() as logs:
         stats.record_upload("nextcloud", "a.flac", 100, 0.1)
@@ -76,7 +77,7 @@ def test_steady_state_accumulates(clock: Clock):
     assert stats.interval_counts == UploadCounts(uploaded=2, bytes=300)
 
 
-def test_summary_emitted_after_interval(clock: Clock):
+def test_summary_emitted_after_interval(clock: Clock) -> None:
     stats = past_startup(clock)
     for i in range(42):
         stats.record_upload("nextcloud", f"{i}.flac", 134_000_000 // 42, 1.0)
@@ -108,7 +109,7 @@ def test_summary_emitted_after_interval(clock: Clock):
     }
 
 
-def test_summary_resets_interval_counters(clock: Clock):
+def test_summary_resets_interval_counters(clock: Clock) -> None:
     stats = past_startup(clock)
     stats.record_upload("r", "a.flac", 1000, 1.0)
     stats.record_error("r", "b.flac", "nope")
@@ -127,7 +128,7 @@ def test_summary_resets_interval_counters(clock: Clock):
     assert (summary["total_uploaded"], summary["total_failed"]) == (2, 1)
 
 
-def test_final_summary_on_shutdown(clock: Clock):
+def test_final_summary_on_shutdown(clock: Clock) -> None:
     stats = make_stats(clock)
     with capture_logs() as stats_logs:
         stats.record_upload("r", "a.flac", 3_000_000, 1.0)
@@ -153,7 +154,7 @@ def test_final_summary_on_shutdown(clock: Clock):
     }
 
 
-def test_phase_transition_logged_once(clock: Clock):
+def test_phase_transition_logged_once(clock: Clock) -> None:
     stats = make_stats(clock)
     with capture_logs() as logs:
         stats.record_upload("r", "a.flac", 10, 0.1)
@@ -172,7 +173,7 @@ def test_phase_transition_logged_once(clock: Clock):
     assert [e["file"] for e in events(logs, "upload.completed")] == ["a.flac"]
 
 
-def test_record_error_always_logged(clock: Clock):
+def test_record_error_always_logged(clock: Clock) -> None:
     stats = make_stats(clock)
     with capture_logs() as logs:
         stats.record_error("nextcloud", "a.flac", "connection refused")
@@ -192,7 +193,7 @@ def test_record_error_always_logged(clock: Clock):
     assert stats.total_counts.failed == 2
 
 
-def test_connection_abort_counted(clock: Clock):
+def test_connection_abort_counted(clock: Clock) -> None:
     stats = past_startup(clock)
     with capture_logs() as logs:
         stats.record_connection_abort("s3")
@@ -205,7 +206,7 @@ def test_connection_abort_counted(clock: Clock):
     assert events(logs, "upload.summary")[0]["interval_connection_aborts"] == 2
 
 
-def test_skipped_missing_counted(clock: Clock):
+def test_skipped_missing_counted(clock: Clock) -> None:
     stats = past_startup(clock)
     stats.record_skipped_missing("gone.wav")
     assert stats.interval_counts.skipped_missing == 1
@@ -218,7 +219,7 @@ def test_skipped_missing_counted(clock: Clock):
 # ---- beyond the seed ---------------------------------------------------------------------
 
 
-def test_startup_phase_logs_aborts_and_missing_individually(clock: Clock):
+def test_startup_phase_logs_aborts_and_missing_individually(clock: Clock) -> None:
     stats = make_stats(clock)
     with capture_logs() as logs:
         stats.record_connection_abort("s3")
@@ -230,7 +231,7 @@ def test_startup_phase_logs_aborts_and_missing_individually(clock: Clock):
     assert logs[0]["remote"] == "s3" and logs[1]["file"] == "gone.wav"
 
 
-def test_no_summary_during_startup(clock: Clock):
+def test_no_summary_during_startup(clock: Clock) -> None:
     stats = make_stats(clock, startup_s=600, interval_s=60)
     clock.advance(500)
     with capture_logs() as logs:
@@ -239,7 +240,7 @@ def test_no_summary_during_startup(clock: Clock):
     assert stats.in_startup_phase
 
 
-def test_first_interval_starts_when_startup_ends(clock: Clock):
+def test_first_interval_starts_when_startup_ends(clock: Clock) -> None:
     stats = make_stats(clock, startup_s=300, interval_s=300)
     clock.advance(301)
     assert not stats.in_startup_phase  # the phase change starts the first interval
@@ -251,14 +252,14 @@ def test_first_interval_starts_when_startup_ends(clock: Clock):
         assert stats.maybe_emit_summary() is True
 
 
-def test_error_messages_are_redacted(clock: Clock):
+def test_error_messages_are_redacted(clock: Clock) -> None:
     stats = make_stats(clock)
     with capture_logs() as logs:
         stats.record_error("dav", "a.flac", "PUT https://bob:s3cr3t@dav.example/x failed")
     assert "s3cr3t" not in logs[0]["error"]
 
 
-def test_environment_sets_the_phases(monkeypatch: pytest.MonkeyPatch, clock: Clock):
+def test_environment_sets_the_phases(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     monkeypatch.setenv("SILVASONIC_UPLOADER_LOG_STARTUP_S", "0")
     monkeypatch.setenv("SILVASONIC_UPLOADER_LOG_SUMMARY_INTERVAL_S", "60")
     stats = UploadStats(clock=clock)
@@ -269,7 +270,7 @@ def test_environment_sets_the_phases(monkeypatch: pytest.MonkeyPatch, clock: Clo
     assert [e["event"] for e in logs] == ["upload.startup_phase_complete", "upload.summary"]
 
 
-def test_defaults_are_five_minutes(monkeypatch: pytest.MonkeyPatch, clock: Clock):
+def test_defaults_are_five_minutes(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     monkeypatch.delenv("SILVASONIC_UPLOADER_LOG_STARTUP_S", raising=False)
     monkeypatch.delenv("SILVASONIC_UPLOADER_LOG_SUMMARY_INTERVAL_S", raising=False)
     stats = UploadStats(clock=clock)
@@ -283,18 +284,18 @@ def test_defaults_are_five_minutes(monkeypatch: pytest.MonkeyPatch, clock: Clock
 
 
 @pytest.mark.parametrize("value", ["five", "nan", "inf", "-1"])
-def test_bad_environment_refused(monkeypatch: pytest.MonkeyPatch, value: str):
+def test_bad_environment_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("SILVASONIC_UPLOADER_LOG_STARTUP_S", value)
     with pytest.raises(ValueError, match=r"SILVASONIC_UPLOADER_LOG_STARTUP_S|≥ 0"):
         UploadStats()
 
 
-def test_zero_interval_refused():
+def test_zero_interval_refused() -> None:
     with pytest.raises(ValueError, match="summary_interval_s"):
         UploadStats(summary_interval_s=0)
 
 
-def test_injected_logger_is_used(clock: Clock):
+def test_injected_logger_is_used(clock: Clock) -> None:
     with capture_logs() as logs:
         logger = structlog.get_logger("custom").bind(remote_instance="uploader-s3")
         stats = UploadStats(startup_s=300, summary_interval_s=300, clock=clock, logger=logger)
