@@ -52,7 +52,7 @@ def build_payload(
     }
 
 
-def publish(client: redis.Redis, payload: dict[str, Any], interval_s: float) -> bool:
+def publish(client: redis.Redis[Any], payload: dict[str, Any], interval_s: float) -> bool:
     """One heartbeat; True when it reached Redis."""
     data = json.dumps(payload, default=str)
     try:
@@ -72,7 +72,10 @@ class Heartbeat:
     """Publishes ``make_payload()`` every ``interval_s`` on a daemon thread, the first at once."""
 
     def __init__(
-        self, client: redis.Redis, interval_s: float, make_payload: Callable[[], dict[str, Any]]
+        self,
+        client: redis.Redis[Any],
+        interval_s: float,
+        make_payload: Callable[[], dict[str, Any]],
     ) -> None:
         self.client = client
         self.interval_s = interval_s
