@@ -149,7 +149,6 @@ def encode(
         raise self.retry(
             exc=exc, countdown=retry_countdown(self.request.retries, settings)
         ) from exc
-    log.debug("encode.completed", size_bytes=flac.size_bytes)
     return pair.payload(size_bytes=flac.size_bytes, md5=flac.md5)
 
 

@@ -15,6 +15,7 @@ import redis
 from uploader.rclone_client import RcloneClient
 from uploader.upload_stats import UploadStats
 
+from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.remotes import config_fingerprint
 from uploader.settings import UploaderServiceSettings
@@ -68,7 +69,7 @@ def get_runtime(remote_slug: str | None = None) -> Runtime:
                 remote_slug=slug,
                 workspace_root=Path(env.recorder_workspace),
                 temp_dir=worker_temp_dir(slug),
-                flac_engine=os.environ.get("SILVASONIC_FLAC_ENGINE") or None,
+                flac_engine=default_engine(),  # fails fast on an unknown engine name
             ),
             redis=redis.Redis.from_url(env.redis_url.get_secret_value()),
             stats=UploadStats(),
