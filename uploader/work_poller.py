@@ -39,9 +39,10 @@ log = structlog.get_logger(__name__)
 
 #: Ids re-checked behind the cursor on every walk. Ids are taken when an insert starts but
 #: become visible when it commits, so a row can appear *behind* a cursor that already moved
-#: past its id. A recording insert is one short transaction; at 20 sensors x one segment per
-#: 10 s (2 rows/s) 500 ids are about four minutes of inserts. Costs ~0.3 ms per walk.
-LOOKBACK_IDS = 500
+#: past its id. Recordings are inserted by one Indexer, one short transaction at a time; at
+#: 20 sensors x one segment per 10 s (2 rows/s) 200 ids are 100 s of inserts. Each id costs
+#: two index probes (about 1 ms per walk in all); :func:`rewind_cursor` covers anything later.
+LOOKBACK_IDS = 200
 
 #: Live recordings one walk examines at most. Past the cursor everything is normally new
 #: work, so a walk stops after ``batch_size`` rows; the bound matters only where rows past
@@ -49,8 +50,8 @@ LOOKBACK_IDS = 500
 SCAN_ROWS = 10_000
 
 #: ``count_pending`` counts exactly this many live recordings past the cursor, then
-#: extrapolates (about 2 ms, cheap enough for a heartbeat every 10 s).
-COUNT_EXACT_CAP = 2_000
+#: extrapolates (a few ms, cheap enough for a heartbeat every 10 s).
+COUNT_EXACT_CAP = 1_000
 
 #: ``count_pending`` counts at most this many retry pairs exactly.
 COUNT_RETRY_CAP = 100_000
@@ -98,6 +99,7 @@ class CandidateBatch:
     stale: tuple[int, ...]  # retry rows whose pair is done or local_deleted: drop them
     cursor: int
     cursor_locked: bool  # this transaction holds (or just created) the cursor row
+    cursor_exists: bool  # the remote has a cursor row (a reader may then move it)
     walked: tuple[int, ...]  # new-work ids the walk returned, ascending
     scan_end: int | None  # last id the walk examined, when it returned fewer than n
 
@@ -105,69 +107,90 @@ class CandidateBatch:
 # -- statements ---------------------------------------------------------------------------
 # Hand-written SQL: these are the hot statements, and docs/pending.md shows their plans.
 
-_WALK = text(
-    """
-    SELECT s.id, s.time, s.file_raw, s.sensor_id
-    FROM (
-        SELECT r.id, r.time, r.file_raw, r.sensor_id
-        FROM recordings r
-        WHERE r.id > :lo AND NOT r.local_deleted
-        ORDER BY r.id
-        LIMIT :scan
-    ) AS s
-    WHERE NOT EXISTS (
-            SELECT 1 FROM pair_state p WHERE p.recording_id = s.id AND p.remote_slug = :slug)
-      AND NOT EXISTS (
-            SELECT 1 FROM uploads u
-            WHERE u.recording_id = s.id AND u.remote_slug = :slug AND u.success)
-    ORDER BY s.id
-    LIMIT :n
-    """
-)
+# The probes are LATERAL subqueries with LIMIT 1 on purpose: written as NOT EXISTS, the planner
+# (which sees that almost every recording has a success row for the remote) turns them into a
+# hash anti-join over all of the remote's success rows - 128 ms at 100,000 recordings instead
+# of 50 index probes. A LATERAL reference forces one probe per walked row, in id order, so the
+# LIMIT stops the walk as soon as the batch is full. The slug is an InitPlan parameter, not a
+# literal, so no probe is planned from one remote's statistics: a remote added since the last
+# ANALYZE looks empty, and would be probed through ix_uploads_remote_slug (all of its rows per
+# probe) instead of the (recording_id, remote_slug) indexes.
+_SLUG = "(SELECT CAST(:slug AS text))"
+_PROBES = f"""
+    LEFT JOIN LATERAL (
+        SELECT 1 AS hit FROM pair_state p
+        WHERE p.recording_id = {{rid}} AND p.remote_slug = {_SLUG} LIMIT 1) AS ps ON true
+    LEFT JOIN LATERAL (
+        SELECT 1 AS hit FROM uploads u
+        WHERE u.recording_id = {{rid}} AND u.remote_slug = {_SLUG} AND u.success LIMIT 1
+    ) AS up ON true
+"""
+_LIVE_FROM = """
+    SELECT r.id, r.time, r.file_raw, r.sensor_id
+    FROM recordings r
+    WHERE r.id > :lo AND NOT r.local_deleted
+    ORDER BY r.id
+    LIMIT {limit}
+"""
 
-_SCAN_END = text(
-    """
-    SELECT max(s.id) FROM (
-        SELECT r.id FROM recordings r
-        WHERE r.id > :lo AND NOT r.local_deleted
-        ORDER BY r.id
-        LIMIT :scan
-    ) AS s
+# One round trip: the batch of new work, plus - only when the walk returned fewer than n rows,
+# i.e. it ran out of rows to examine - one extra row carrying the last id it examined, from
+# the same snapshot (the cursor may move up to it: everything there was decided).
+_WALK = text(
+    f"""
+    WITH found AS (
+        SELECT s.id, s.time, s.file_raw, s.sensor_id
+        FROM ({_LIVE_FROM.format(limit=":scan")}) AS s
+        {_PROBES.format(rid="s.id")}
+        WHERE ps.hit IS NULL AND up.hit IS NULL
+        ORDER BY s.id
+        LIMIT :n
+    )
+    SELECT id, time, file_raw, sensor_id, false AS is_scan_end FROM found
+    UNION ALL
+    SELECT (SELECT max(e.id) FROM ({_LIVE_FROM.format(limit=":scan")}) AS e),
+           NULL::timestamptz, NULL::text, NULL::text, true
+    WHERE (SELECT count(*) FROM found) < :n
     """
 )
 
 _RETRY_COLUMNS = """
     SELECT p.recording_id, r.time, r.file_raw, r.sensor_id, r.local_deleted,
-           EXISTS (SELECT 1 FROM uploads u
-                   WHERE u.recording_id = p.recording_id
-                     AND u.remote_slug = p.remote_slug AND u.success) AS done
+           up.hit IS NOT NULL AS done
     FROM pair_state p
     JOIN recordings r ON r.id = p.recording_id
+    LEFT JOIN LATERAL (
+        SELECT 1 AS hit FROM uploads u
+        WHERE u.recording_id = p.recording_id AND u.remote_slug = p.remote_slug AND u.success
+        LIMIT 1) AS up ON true
 """
-_LOCK = " FOR UPDATE OF p SKIP LOCKED"
+_LOCK = "FOR UPDATE OF p SKIP LOCKED"
 
-# served by ix_pair_state_ready (remote_slug, recording_id) WHERE parked_until IS NULL; the
-# only rows it steps over are this remote's live leases (at most a few batches)
-_READY = (
-    _RETRY_COLUMNS
-    + """
-    WHERE p.remote_slug = :slug AND p.parked_until IS NULL
-      AND (p.lease_until IS NULL OR p.lease_until <= now())
-    ORDER BY p.recording_id
-    LIMIT :n
-    """
-)
-
-# served by ix_pair_state_parked (remote_slug, parked_until) WHERE parked_until IS NOT NULL
-_PARK_DUE = (
-    _RETRY_COLUMNS
-    + """
-    WHERE p.remote_slug = :slug AND p.parked_until IS NOT NULL AND p.parked_until <= now()
-      AND (p.lease_until IS NULL OR p.lease_until <= now())
-    ORDER BY p.parked_until, p.recording_id
-    LIMIT :n
-    """
-)
+# Retry work in one round trip, from two partial indexes:
+# - ready: ix_pair_state_ready (remote_slug, recording_id) WHERE parked_until IS NULL, in
+#   recording order; the only rows it steps over are this remote's live leases (a few batches);
+# - due: ix_pair_state_parked (remote_slug, parked_until) WHERE parked_until IS NOT NULL, the
+#   parked pairs whose window has passed, earliest first; the parked ones are never stepped over.
+_RETRY = f"""
+    WITH ready AS (
+        {_RETRY_COLUMNS}
+        WHERE p.remote_slug = :slug AND p.parked_until IS NULL
+          AND (p.lease_until IS NULL OR p.lease_until <= now())
+        ORDER BY p.recording_id
+        LIMIT :n {{lock}}
+    ), due AS (
+        {_RETRY_COLUMNS}
+        WHERE p.remote_slug = :slug AND p.parked_until IS NOT NULL AND p.parked_until <= now()
+          AND (p.lease_until IS NULL OR p.lease_until <= now())
+        ORDER BY p.parked_until, p.recording_id
+        LIMIT :n {{lock}}
+    )
+    SELECT *, false AS park_expired FROM ready
+    UNION ALL
+    SELECT *, true AS park_expired FROM due
+"""
+_RETRY_LOCKED = text(_RETRY.format(lock=_LOCK))
+_RETRY_READ = text(_RETRY.format(lock=""))
 
 _CURSOR_READ = text("SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug")
 _CURSOR_LOCK = text(
@@ -213,19 +236,11 @@ _FIRST_UNDECIDED = text(
 _MAX_ID = text("SELECT coalesce(max(id), 0) FROM recordings")
 
 _COUNT_WINDOW = text(
-    """
-    SELECT count(*) FILTER (WHERE s.pending), count(*), max(s.id)
-    FROM (
-        SELECT w.id,
-               NOT EXISTS (SELECT 1 FROM pair_state p
-                           WHERE p.recording_id = w.id AND p.remote_slug = :slug)
-               AND NOT EXISTS (SELECT 1 FROM uploads u
-                               WHERE u.recording_id = w.id AND u.remote_slug = :slug
-                                 AND u.success) AS pending
-        FROM (SELECT r.id FROM recordings r
-              WHERE r.id > :lo AND NOT r.local_deleted
-              ORDER BY r.id LIMIT :cap) AS w
-    ) AS s
+    f"""
+    SELECT count(*) FILTER (WHERE ps.hit IS NULL AND up.hit IS NULL), count(*),
+           min(w.id), max(w.id)
+    FROM ({_LIVE_FROM.format(limit=":cap")}) AS w
+    {_PROBES.format(rid="w.id")}
     """
 )
 _COUNT_RETRY = text(
@@ -268,24 +283,42 @@ def count_pending(session: Session, remote_slug: str) -> int:
 
     Retry pairs are counted exactly (up to :data:`COUNT_RETRY_CAP`). New work is counted
     exactly among the first :data:`COUNT_EXACT_CAP` live recordings past the cursor; beyond
-    that, the density of pending ids in that window is extrapolated over the ids up to
-    ``max(recordings.id)``. For a remote with a backlog of new files that is exact up to the
-    cap and then close (everything past the cursor is new work); rows already ``local_deleted``
-    further on make it an over-estimate. A number for operators, never for decisions.
+    that, the window's share of pending rows is extrapolated over the ids up to
+    ``max(recordings.id)``. Past the cursor nearly everything is new work, so for a backlog
+    or a newly added remote this is exact up to the cap and then close; recordings deleted
+    further on make it an over-estimate, rows committed late behind the cursor are not
+    counted. A number for operators, never for decisions.
     """
     cursor = _read_cursor(session, remote_slug)
-    lo = max(cursor - LOOKBACK_IDS, 0)
-    pending, scanned, last_id = session.execute(
-        _COUNT_WINDOW, {"slug": remote_slug, "lo": lo, "cap": COUNT_EXACT_CAP}
+    pending, scanned, first_id, last_id = session.execute(
+        _COUNT_WINDOW, {"slug": remote_slug, "lo": cursor, "cap": COUNT_EXACT_CAP}
     ).one()
     new = int(pending)
-    if scanned >= COUNT_EXACT_CAP and last_id is not None:
+    if scanned >= COUNT_EXACT_CAP:
         max_id = int(session.execute(_MAX_ID).scalar_one())
-        new += extrapolate(int(pending), lo=lo, last_id=int(last_id), max_id=max_id)
+        new += extrapolate(int(pending), first_id=first_id, last_id=last_id, max_id=max_id)
     retry = int(
         session.execute(_COUNT_RETRY, {"slug": remote_slug, "cap": COUNT_RETRY_CAP}).scalar_one()
     )
     return new + retry
+
+
+def rewind_cursor(session: Session, remote_slug: str, by_ids: int) -> int:
+    """Move the remote's cursor back by ``by_ids`` (not below 0); returns the new value.
+
+    Always safe: the walk filters what is done, so a rewind costs only the re-walk (about
+    :data:`SCAN_ROWS` rows per call) and finds any recording that became visible later than
+    :data:`LOOKBACK_IDS` allows for. Waits for a claim holding the cursor row.
+    """
+    value = session.execute(
+        text(
+            "UPDATE remote_cursor SET last_recording_id = greatest(last_recording_id - :by, 0),"
+            " updated_at = now() WHERE remote_slug = :slug RETURNING last_recording_id"
+        ),
+        {"slug": remote_slug, "by": max(by_ids, 0)},
+    ).scalar()
+    log.info("cursor.rewound", remote=remote_slug, by_ids=by_ids, last_recording_id=value)
+    return int(value) if value is not None else 0
 
 
 def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool) -> CandidateBatch:
@@ -296,7 +329,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
     concurrent claims never hand out the same pair and never wait for each other; the one
     without the cursor takes retry work only, this once.
     """
-    cursor, cursor_locked = _open_cursor(session, remote_slug, lock=lock)
+    cursor, cursor_locked, cursor_exists = _open_cursor(session, remote_slug, lock=lock)
     walk_new = cursor_locked or not lock
     walked: list[Candidate] = []
     scan_end: int | None = None
@@ -305,13 +338,13 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
 
     retries: list[Candidate] = []
     stale: list[int] = []
-    suffix = _LOCK if lock else ""
-    for sql, park_expired in ((_READY, False), (_PARK_DUE, True)):
-        for row in session.execute(text(sql + suffix), {"slug": remote_slug, "n": n}):
-            if row.local_deleted or row.done:
-                stale.append(row.recording_id)
-                continue
-            retries.append(Candidate(_pending(row, row.recording_id), Source.retry, park_expired))
+    retry_sql = _RETRY_LOCKED if lock else _RETRY_READ
+    for row in session.execute(retry_sql, {"slug": remote_slug, "n": n}):
+        if row.local_deleted or row.done:
+            stale.append(row.recording_id)
+            continue
+        pending = _pending(row, row.recording_id)
+        retries.append(Candidate(pending, Source.retry, park_expired=row.park_expired))
 
     return CandidateBatch(
         remote_slug=remote_slug,
@@ -320,6 +353,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
         stale=tuple(stale),
         cursor=cursor,
         cursor_locked=cursor_locked,
+        cursor_exists=cursor_exists,
         walked=tuple(c.recording_id for c in walked),
         scan_end=scan_end,
     )
@@ -333,7 +367,7 @@ def advance_cursor(session: Session, batch: CandidateBatch, taken_new: Collectio
     which stay decided (success rows are never deleted, ``local_deleted`` is never unset, and
     ``leases.finish`` drops a ``pair_state`` row only once the pair is done).
     """
-    if not batch.walked and batch.scan_end is None:
+    if not batch.cursor_exists or (not batch.walked and batch.scan_end is None):
         return batch.cursor
     target = next_cursor(batch.cursor, batch.walked, taken_new, batch.scan_end, batch.n)
     if target <= batch.cursor:
@@ -382,9 +416,9 @@ def oldest(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
     return out
 
 
-def extrapolate(pending_in_window: int, *, lo: int, last_id: int, max_id: int) -> int:
-    """Pending ids beyond the counted window ``(lo, last_id]``, at the window's density."""
-    span = last_id - lo
+def extrapolate(pending_in_window: int, *, first_id: int, last_id: int, max_id: int) -> int:
+    """Pending ids beyond the counted window ``[first_id, last_id]``, at the window's share."""
+    span = last_id - first_id + 1
     if span <= 0 or max_id <= last_id:
         return 0
     return round((max_id - last_id) * pending_in_window / span)
@@ -404,11 +438,14 @@ def _walk(
 ) -> tuple[list[Candidate], int | None]:
     lo = max(cursor - LOOKBACK_IDS, 0)
     params = {"slug": remote_slug, "lo": lo, "scan": SCAN_ROWS, "n": n}
-    rows = session.execute(_WALK, params).all()
-    found = [Candidate(_pending(r, r.id), Source.new) for r in rows]
+    found: list[Candidate] = []
     scan_end: int | None = None
-    if len(rows) < n:
-        scan_end = session.execute(_SCAN_END, {"lo": lo, "scan": SCAN_ROWS}).scalar()
+    for row in session.execute(_WALK, params):
+        if row.is_scan_end:
+            scan_end = row.id
+        else:
+            found.append(Candidate(_pending(row, row.id), Source.new))
+    found.sort(key=lambda c: c.recording_id)
     return found, scan_end
 
 
@@ -417,8 +454,8 @@ def _read_cursor(session: Session, remote_slug: str) -> int:
     return int(value) if value is not None else 0
 
 
-def _open_cursor(session: Session, remote_slug: str, *, lock: bool) -> tuple[int, bool]:
-    """(cursor, whether this transaction holds the cursor row).
+def _open_cursor(session: Session, remote_slug: str, *, lock: bool) -> tuple[int, bool, bool]:
+    """(cursor, whether this transaction holds the cursor row, whether the row exists).
 
     Without ``lock`` the row is only read; a remote that has none yet starts where
     :func:`_starting_point` says, and nothing is written. With ``lock`` a missing row is
@@ -428,19 +465,19 @@ def _open_cursor(session: Session, remote_slug: str, *, lock: bool) -> tuple[int
     if not lock:
         value = session.execute(_CURSOR_READ, {"slug": remote_slug}).scalar()
         if value is not None:
-            return int(value), False
-        return _starting_point(session, remote_slug), False
+            return int(value), False, True
+        return _starting_point(session, remote_slug), False, False
     value = session.execute(_CURSOR_LOCK, {"slug": remote_slug}).scalar()
     if value is not None:
-        return int(value), True
+        return int(value), True, True
     if session.execute(_CURSOR_READ, {"slug": remote_slug}).scalar() is not None:
-        return 0, False  # exists, but another claim is walking this remote right now
+        return 0, False, True  # another claim is walking this remote right now
     start = _starting_point(session, remote_slug)
     created = session.execute(_CURSOR_CREATE, {"slug": remote_slug, "start": start}).scalar()
     if created is None:
-        return 0, False  # the remote is gone, or another claim created the row just now
+        return 0, False, False  # the remote is gone, or another claim created the row just now
     log.info("cursor.created", remote=remote_slug, last_recording_id=int(created))
-    return int(created), True
+    return int(created), True, True
 
 
 def _starting_point(session: Session, remote_slug: str) -> int:

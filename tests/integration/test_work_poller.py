@@ -317,3 +317,26 @@ def test_count_pending_extrapolates_past_its_exact_window(
         make_upload(session, r.id, "nextcloud")
     # exactly 20 pending; the window sees 5 of its 10 and the rest is extrapolated
     assert 15 <= count_pending(session, "nextcloud") <= 25
+
+
+def test_row_later_than_the_lookback_is_found_after_a_rewind(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(work_poller, "LOOKBACK_IDS", 2)
+    make_remote(session, "nextcloud")
+    late_id = session.execute(
+        text("SELECT nextval(pg_get_serial_sequence('recordings', 'id'))")
+    ).scalar_one()
+    others = [make_recording(session) for _ in range(5)]
+    _done(session, "nextcloud", leases.claim(session, "nextcloud", 50, lease_s=60))
+    rec = make_recording(session)
+    session.execute(
+        text("UPDATE recordings SET id = :late WHERE id = :i"), {"late": late_id, "i": rec.id}
+    )
+    # more than LOOKBACK_IDS ids late: the walk does not look that far back ...
+    assert find_pending_uploads(session, "nextcloud", 50) == []
+    # ... until the cursor is rewound, which is always safe
+    assert work_poller.rewind_cursor(session, "nextcloud", 1000) == 0
+    assert _ids(find_pending_uploads(session, "nextcloud", 50)) == [late_id]
+    assert [g.recording_id for g in leases.claim(session, "nextcloud", 50, lease_s=60)] == [late_id]
+    assert _cursor(session, "nextcloud") == others[-1].id

@@ -73,17 +73,18 @@ def test_oldest_keeps_one_candidate_per_recording() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pending", "lo", "last_id", "max_id", "expected"),
+    ("pending", "first_id", "last_id", "max_id", "expected"),
     [
-        (10, 0, 20, 100, 40),  # half of the window's ids pending -> half of the rest
-        (2000, 500, 2500, 1_000_000, 997_500),  # a backlog: every id past the cursor
-        (0, 0, 2000, 1_000_000, 0),  # nothing pending in the window
-        (5, 0, 100, 100, 0),  # the window reached the newest row: nothing to add
-        (5, 100, 100, 200, 0),  # empty span: no division by zero
+        (10, 1, 20, 100, 40),  # half of the window's ids pending -> half of the rest
+        (1000, 990_001, 991_000, 1_000_000, 9000),  # a backlog: every id past the cursor
+        (1000, 300_001, 301_000, 1_000_000, 699_000),  # a new remote past deleted audio
+        (0, 1, 1000, 1_000_000, 0),  # nothing pending in the window
+        (5, 1, 100, 100, 0),  # the window reached the newest row: nothing to add
+        (5, 100, 99, 200, 0),  # empty span: no division by zero
     ],
 )
-def test_extrapolate(pending: int, lo: int, last_id: int, max_id: int, expected: int) -> None:
-    assert extrapolate(pending, lo=lo, last_id=last_id, max_id=max_id) == expected
+def test_extrapolate(pending: int, first_id: int, last_id: int, max_id: int, expected: int) -> None:
+    assert extrapolate(pending, first_id=first_id, last_id=last_id, max_id=max_id) == expected
 
 
 def test_pending_upload_is_frozen_and_validated() -> None:
