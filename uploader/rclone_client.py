@@ -530,6 +530,8 @@ class RcloneClient:
             if not done:
                 # interrupted while waiting (KeyboardInterrupt, SoftTimeLimitExceeded, …)
                 kill_group(proc)
+                if proc.stderr is not None:
+                    proc.stderr.close()
                 log.warning("rclone.upload_interrupted", remote=self.remote.slug, pid=proc.pid)
         stderr = err.decode("utf-8", "replace")
         if timed_out:

@@ -231,6 +231,28 @@ def test_missing_bucket_is_config(
     assert not (s3_server.root / "no-such-bucket").exists()
 
 
+def test_s3_works_with_aws_ca_bundle_set(
+    s3_server: RemoteServer,
+    make_client: ClientFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rclone 1.60's s3 backend fails when AWS_CA_BUNDLE is set (measurements §3); the pinned
+    1.75 does not, so we pass the station's CA bundle through instead of dropping it."""
+    bundle = next(
+        (p for p in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+         if Path(p).exists()),
+        None,
+    )  # fmt: skip
+    if bundle is None:
+        pytest.skip("no system CA bundle to point AWS_CA_BUNDLE at")
+    monkeypatch.setenv("AWS_CA_BUNDLE", bundle)
+    client = make_client(s3_server)
+    assert client.child_env()["AWS_CA_BUNDLE"] == bundle
+    result = client.upload_file(flac_like(tmp_path), remote_path(s3_server), None)
+    assert result.success, result
+
+
 def test_unknown_host_key_is_config(
     sftp_server: RemoteServer, sftp_keys_dir: Path, make_client: ClientFactory, tmp_path: Path
 ) -> None:

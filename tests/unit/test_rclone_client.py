@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from uploader.errors import FileRejected, RemoteMisconfigured, RemoteUnavailable, SettingsInvalid
 from uploader.rclone_client import (
@@ -228,6 +229,17 @@ def test_pacer_stays_unless_remote_opts_out(tmp_path: Path, local_file: Path) ->
     assert not any("pacer" in arg for arg in argv[3:])
     opted = RcloneClient("dav", "webdav", {**WEBDAV, "pacer_min_sleep": "0"}, None).child_env()
     assert opted["RCLONE_CONFIG_SILVASONIC_PACER_MIN_SLEEP"] == "0"
+
+
+def test_failure_logs_a_stable_event(tmp_path: Path, local_file: Path) -> None:
+    line = ERR % "dial tcp 10.0.0.1:443: connect: connection refused"
+    client = webdav_client(tmp_path, f"echo '{line}' >&2; exit 5")
+    with capture_logs() as logs:
+        client.upload_file(local_file, "archive/x.flac", None)
+    failed = [e for e in logs if e["event"] == "rclone.upload_failed"]
+    assert len(failed) == 1
+    assert failed[0]["remote"] == "nextcloud" and failed[0]["error_kind"] == "connection"
+    assert failed[0]["exit_code"] == 5 and failed[0]["transport"] == "cli"
 
 
 # -- before rclone runs --------------------------------------------------------------------------
