@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -34,7 +35,7 @@ def worker_temp_dir(remote_slug: str) -> Path:
 @dataclass
 class Runtime:
     ctx: WorkerContext
-    redis: redis.Redis
+    redis: "redis.Redis[Any]"
     stats: UploadStats
     _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
 
