@@ -1,9 +1,12 @@
 """Upload one file to one remote with rclone, and say what kind of failure it was.
 
-The only module that knows rclone's flags and error classes (with its helpers
-``rclone_config`` and ``rclone_daemon``); the upload task calls :meth:`RcloneClient.upload_file`
-and acts on :attr:`RcloneResult.error_kind` (design.md §4.3). docs/rclone.md has the flags, the
-classification table and the measured cost of each transport.
+The front door of the rclone client, which alone knows rclone's flags and error classes:
+``rclone_errors`` (the classification table), ``rclone_limits`` (bandwidth and hard limits),
+``rclone_config`` (remote → environment), ``rclone_daemon`` (the rc protocol) are its parts,
+re-exported here; nothing outside ``uploader/rclone_*`` knows rclone. The upload task calls
+:meth:`RcloneClient.upload_file` and acts on :attr:`RcloneResult.error_kind` (design.md §4.3).
+docs/rclone.md has the flags, the classification table and the measured cost of each
+transport.
 
 Contract on ``remote_path``: it is complete and relative to the remote's root. ``path_builder``
 already prefixes the remote's ``target_path`` (the S3 bucket, the WebDAV folder, the ``local``
@@ -22,14 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -51,8 +52,32 @@ from uploader.rclone_config import (
     secret_values,
 )
 from uploader.rclone_daemon import DaemonUnavailable, JobOutcome, RcloneDaemon
+from uploader.rclone_errors import RcloneErrorKind, classify_rclone_error, extract_error_messages
+from uploader.rclone_limits import (
+    HARD_LIMIT_BASE_S,
+    HARD_LIMIT_FACTOR,
+    LINK_FLOOR_BPS,
+    BandwidthLimit,
+    hard_limit_s,
+    parse_bwlimit,
+)
 from uploader.redact import redact
 from uploader.remotes import ResolvedRemote, resolve_remote
+
+__all__ = [
+    "HARD_LIMIT_BASE_S",
+    "HARD_LIMIT_FACTOR",
+    "LINK_FLOOR_BPS",
+    "BandwidthLimit",
+    "RcloneClient",
+    "RcloneErrorKind",
+    "RcloneResult",
+    "classify_rclone_error",
+    "extract_error_messages",
+    "find_rclone_binary",
+    "hard_limit_s",
+    "parse_bwlimit",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -68,25 +93,6 @@ IDLE_TIMEOUT_S = 60
 #: ``--low-level-retries``: a couple of retries for one HTTP request (a 5xx, a reset); whole
 #: retries are Celery's job, so ``--retries 1``
 LOW_LEVEL_RETRIES = 2
-#: hard wall-clock limit = base + factor x size / rate (see :func:`hard_limit_s`)
-HARD_LIMIT_BASE_S = 60.0
-HARD_LIMIT_FACTOR = 3.0
-#: the rate assumed for the hard limit when it would otherwise be faster: a configured limit
-#: is a ceiling, not a promise; 64 KiB/s is a poor GSM uplink
-LINK_FLOOR_BPS = 64 * 1024
-
-
-class RcloneErrorKind(StrEnum):
-    """What the caller does about a failed upload (design.md §4.3)."""
-
-    #: it worked
-    NONE = "none"
-    #: network, DNS, timeout, TLS, 5xx, 429: retry later, mark the remote unavailable
-    CONNECTION = "connection"
-    #: this object was rejected (or the local file is missing): counts toward parking
-    FILE = "file"
-    #: credentials, host key, missing bucket, bad settings: mark the remote misconfigured
-    CONFIG = "config"
 
 
 @dataclass(frozen=True)
@@ -114,193 +120,6 @@ class RcloneResult:
         if self.error_kind is RcloneErrorKind.CONFIG:
             return RemoteMisconfigured(remote_slug, reason)
         return FileRejected(reason, recording_id=recording_id)
-
-
-# -- bandwidth limit -----------------------------------------------------------------------
-
-_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_RATE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>[bkmgtp](?:i|ib)?)?$", re.IGNORECASE)
-_SLOT_RE = re.compile(
-    r"^(?:(?P<day>mon|tue|wed|thu|fri|sat|sun)-)?(?P<hh>[01]\d|2[0-3]):(?P<mm>[0-5]\d),(?P<rate>.+)$",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class BandwidthLimit:
-    """A validated ``--bwlimit`` value.
-
-    ``arg`` is what rclone gets (None: no flag, unlimited); ``slowest_bps`` is the slowest
-    upload rate the limit can impose at any time of the week (None: never limited), which the
-    hard wall-clock limit is computed from.
-    """
-
-    arg: str | None
-    slowest_bps: int | None
-
-
-def _rate_bps(text: str, whole: str) -> int | None:
-    """One rate, ``UP[:DOWN]``; returns the upload side in bytes/s, None for off/0."""
-    up = text.split(":", 1)
-    for part in up:
-        if part.lower() != "off" and not _RATE_RE.match(part):
-            raise SettingsInvalid("uploader", "bandwidth_limit", f"{whole!r}: bad rate {part!r}")
-    first = up[0]
-    if first.lower() == "off":
-        return None
-    m = _RATE_RE.match(first)
-    assert m is not None
-    unit = (m.group("unit") or "k")[0].lower()  # rclone's default unit for --bwlimit is KiB/s
-    bps = int(float(m.group("num")) * _UNITS[unit])
-    return bps or None
-
-
-def parse_bwlimit(value: str | None) -> BandwidthLimit:
-    """Validate a bandwidth limit in rclone's syntax; refuse garbage with :class:`SettingsInvalid`.
-
-    Accepted: None/empty/``off``/``0`` (no limit), a rate (``1M``, ``500k``, ``512`` = KiB/s,
-    ``1.5MiB``, ``UP:DOWN`` like ``1M:off``), or a timetable of ``[Day-]HH:MM,RATE`` slots
-    separated by spaces (``"08:00,512k 19:00,off"``, ``"Mon-08:00,1M Sat-00:00,off"``). A subset
-    of what rclone accepts, so whatever passes here rclone takes too.
-    """
-    text = (value or "").strip()
-    if not text or text.lower() == "off":
-        return BandwidthLimit(None, None)
-    slots = text.split()
-    if len(slots) == 1 and "," not in text:
-        bps = _rate_bps(text, text)
-        return BandwidthLimit(text if bps else None, bps)
-    rates: list[int | None] = []
-    for slot in slots:
-        m = _SLOT_RE.match(slot)
-        if m is None:
-            raise SettingsInvalid(
-                "uploader",
-                "bandwidth_limit",
-                f"{text!r}: {slot!r} is not [Day-]HH:MM,RATE (e.g. '08:00,512k 19:00,off')",
-            )
-        rates.append(_rate_bps(m.group("rate"), text))
-    limited = [r for r in rates if r]
-    return BandwidthLimit(text, min(limited) if limited else None)
-
-
-def hard_limit_s(
-    size_bytes: int, limit: BandwidthLimit, *, base_s: float = HARD_LIMIT_BASE_S
-) -> float:
-    """The wall-clock limit for one upload: ``base + 3 x size / rate``, where rate is the
-    slowest the bandwidth limit allows, and never faster than ``LINK_FLOOR_BPS``.
-
-    Generous on purpose: the idle timeout catches a dead link; this catches a hung rclone or a
-    trickle. A task's soft time limit must exceed it for the largest file it sends.
-    """
-    rate = min(limit.slowest_bps or LINK_FLOOR_BPS, LINK_FLOOR_BPS)
-    return base_s + HARD_LIMIT_FACTOR * size_bytes / rate
-
-
-# -- classification ------------------------------------------------------------------------
-
-_ATTEMPT_PREFIX = re.compile(r"^Attempt \d+/\d+ failed with \d+ errors? and: ")
-# an HTTP status as rclone's backends print it: "401 Unauthorized", "StatusCode: 403"
-_STATUS_RE = re.compile(r"(?:statuscode:\s*|(?<![\w.:/-]))([1-5]\d\d)(?=\s+[a-z]|\b(?!\.))")
-# (kind, pattern) in order: the first match decides
-_RULES: tuple[tuple[RcloneErrorKind, re.Pattern[str]], ...] = tuple(
-    (kind, re.compile(pattern))
-    for kind, pattern in (
-        # authentication and authorisation
-        (RcloneErrorKind.CONFIG, r"unauthori[sz]ed|forbidden|access ?denied|invalidaccesskeyid"
-            r"|signaturedoesnotmatch|unable to authenticate|permission denied"
-            r"|authentication failed|login failed|invalid credentials"),
-        # ssh host keys
-        (RcloneErrorKind.CONFIG, r"knownhosts:|host key|hostkey"),
-        # the bucket (= target_path) does not exist, or the account cannot use it
-        (RcloneErrorKind.CONFIG, r"nosuchbucket|bucket does not exist|allaccessdisabled"
-            r"|accountproblem|invalidbucketname"),
-        # our settings or binary do not fit
-        (RcloneErrorKind.CONFIG, r"unknown flag|unknown shorthand flag|unknown command"
-            r"|didn't find section in config|couldn't find type|unknown backend"
-            r"|server gave http response to https client|invalid argument .* for \"--"),
-        # the network
-        (RcloneErrorKind.CONNECTION, r"connection refused|connection reset|broken pipe"
-            r"|no such host|server misbehaving|temporary failure in name resolution"
-            r"|network is unreachable|no route to host|host is down|i/o timeout|timeout"
-            r"|timed out|deadline exceeded|unexpected eof|\beof\b|tls:|x509:|handshake"
-            r"|too many requests|slowdown|service unavailable|bad gateway|internal server error"
-            r"|insufficient storage|no space left on device|quota|rclone rcd"),
-        # this object
-        (RcloneErrorKind.FILE, r"is a directory|not a directory|directory not found"
-            r"|object not found|file not found|no such file|file name too long|invalid name"
-            r"|conflict|not found|method not allowed|precondition failed|too large"
-            r"|corrupted on transfer|hash differ|sizes differ|is not a regular file"),
-    )
-)  # fmt: skip
-
-
-def extract_error_messages(stderr: str) -> list[str]:
-    """The error lines of rclone's ``--use-json-log`` output (levels error and critical), with
-    the "Attempt 1/1 failed …" wrapper removed and duplicates dropped; lines that are not
-    JSON (a usage error, a Go panic) are kept as they are."""
-    out: list[str] = []
-    for line in stderr.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict):
-            if str(entry.get("level", "")).lower() not in ("error", "critical", "fatal"):
-                continue
-            msg = str(entry.get("msg", "")).strip()
-        else:
-            msg = line
-        msg = _ATTEMPT_PREFIX.sub("", msg)
-        msg = re.sub(r"^Failed to (copy|copyto): ", "", msg)
-        if msg and msg not in out and not any(msg in kept for kept in out):
-            out = [kept for kept in out if kept not in msg]
-            out.append(msg)
-    return out
-
-
-def _status_kind(code: int) -> RcloneErrorKind | None:
-    if code in (401, 403):
-        return RcloneErrorKind.CONFIG
-    if code in (408, 429) or code >= 500:
-        return RcloneErrorKind.CONNECTION
-    if 400 <= code < 500:
-        return RcloneErrorKind.FILE
-    return None
-
-
-def classify_rclone_error(messages: list[str] | str, exit_code: int | None) -> RcloneErrorKind:
-    """Decide the kind of a failure from rclone's error text first, its exit code second.
-
-    Exit codes alone are not enough: their meaning moved between versions (1 and 2 swapped
-    after 1.68) and many different failures share 1. Order: the configuration words of
-    ``_RULES``, then an HTTP status in the text, then the other words (the table is in
-    docs/rclone.md). What no
-    rule recognises falls back to the exit code: 5 (rclone says retryable) → connection,
-    7 (fatal) → config, anything else → file (the conservative default: a few attempts, then
-    the pair is parked and reported rather than retried forever).
-    """
-    text = "\n".join(messages) if isinstance(messages, list) else messages
-    lowered = text.lower()
-    # configuration words first: a missing bucket comes with a 404, a wrong key with a 403
-    for kind, pattern in _RULES:
-        if kind is RcloneErrorKind.CONFIG and pattern.search(lowered):
-            return kind
-    for match in _STATUS_RE.finditer(lowered):
-        status_kind = _status_kind(int(match.group(1)))
-        if status_kind is not None:
-            return status_kind
-    for kind, pattern in _RULES:
-        if pattern.search(lowered):
-            return kind
-    if exit_code == 5:
-        return RcloneErrorKind.CONNECTION
-    if exit_code == 7:
-        return RcloneErrorKind.CONFIG
-    return RcloneErrorKind.FILE
 
 
 # -- the binary ----------------------------------------------------------------------------
@@ -559,8 +378,13 @@ class RcloneClient:
                 RcloneErrorKind.CONFIG, f"cannot run rclone {self.binary}: {exc.strerror}", started
             )
         except DaemonUnavailable as exc:
+            # a daemon that will not start is a config problem (a flag the binary lacks) or a
+            # passing one; never the file's fault, which was not even looked at
             text = str(exc)
-            return self._failed(classify_rclone_error(text, None), text, started)
+            kind = classify_rclone_error(text, None)
+            if kind is RcloneErrorKind.FILE:
+                kind = RcloneErrorKind.CONNECTION
+            return self._failed(kind, text, started)
         # One Fs for every upload (rclone caches it in the daemon): the remote's root, or "/"
         # for an absolute path (sftp and local resolve relative paths against another folder).
         # A per-folder Fs would cost a NewFs per new date folder, and rclone's rc reports a

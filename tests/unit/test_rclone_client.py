@@ -279,6 +279,26 @@ def test_missing_binary_is_config_error(tmp_path: Path, local_file: Path) -> Non
     assert "nothing" in (result.error_message or "")
 
 
+@pytest.mark.parametrize(
+    ("script", "kind"),
+    [
+        ("echo 'Error: unknown flag: --rc-addr' >&2; exit 2", RcloneErrorKind.CONFIG),
+        ("exit 1", RcloneErrorKind.CONNECTION),
+    ],
+)
+def test_rcd_daemon_that_will_not_start(
+    tmp_path: Path, local_file: Path, script: str, kind: RcloneErrorKind
+) -> None:
+    client = webdav_client(tmp_path, script, transport="rcd")
+    try:
+        result = client.upload_file(local_file, "archive/x.flac", None)
+    finally:
+        client.close()
+    assert result.error_kind is kind, result
+    assert (tmp_path / "argv").read_text().splitlines()[0] == "rcd"
+    assert WEBDAV["pass"] not in (tmp_path / "argv").read_text()
+
+
 def test_invalid_config_raises_misconfigured() -> None:
     with pytest.raises(RemoteMisconfigured):
         RcloneClient(
