@@ -166,6 +166,8 @@ class ContainerManager:
         except APIError as exc:
             if _connection_lost(exc):
                 raise self._unavailable(exc) from None
+            if "no such container" in str(exc):  # removed between lookup and inspect
+                return None
             raise
         if not _is_ours(container.labels):
             raise InstanceNotOwned(f"container {name!r} exists but is not an uploader of ours")
@@ -249,11 +251,12 @@ class ContainerManager:
         """Stop ``name`` (SIGTERM, then SIGKILL after the timeout). A missing container is
         already stopped."""
         container = self._find(name)
-        if container is None:
+        if container is None or container.status not in ("running", "paused", "restarting"):
             return
         try:
             container.stop(timeout=int(timeout_s if timeout_s is not None else STOP_TIMEOUT_S))
-        except NotFound:
+        except (NotFound, ValueError):
+            # ValueError: podman-py decodes the empty 304 body of "already stopped" as JSON
             return
         except APIError as exc:
             if _connection_lost(exc):

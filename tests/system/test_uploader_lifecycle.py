@@ -1,0 +1,227 @@
+"""Seed Phase 4 lifecycle table with real Podman: the controller (a real
+``silvasonic-uploader controller`` process) starts, stops, restarts and mounts uploader
+containers as the database says."""
+
+from __future__ import annotations
+
+import os
+import signal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from podman.errors import APIError, NotFound
+from sqlalchemy.orm import Session
+
+from tests.factories import make_remote, set_config
+from tests.system.conftest import PodmanEnv
+from tests.system.helpers import (
+    heartbeat,
+    nudge,
+    podman_client,
+    running_controller,
+    wait_for,
+)
+from uploader.db.models import StorageRemote
+
+MiB = 1024 * 1024
+
+
+def find_container(podman: PodmanEnv, name: str) -> Any | None:
+    try:
+        return podman_client(podman.socket).containers.get(name)
+    except NotFound:
+        return None
+    except APIError as exc:  # removed between lookup and inspect
+        if "no such container" in str(exc):
+            return None
+        raise
+
+
+def running_container(podman: PodmanEnv, name: str) -> Any | None:
+    container = find_container(podman, name)
+    return container if container is not None and container.status == "running" else None
+
+
+def add_local_remote(session: Session, tmp_path: Path, slug: str) -> Path:
+    folder = tmp_path / f"remote-{slug}"
+    make_remote(session, slug, type="local", target_path=str(folder))
+    session.commit()
+    return folder
+
+
+def cgroup_v1_memory_limit(container_id: str) -> int | None:
+    """The limit the kernel enforces (cgroup v1, cgroupfs manager), if this host exposes it."""
+    path = Path(f"/sys/fs/cgroup/memory/libpod_parent/libpod-{container_id}/memory.limit_in_bytes")
+    return int(path.read_text()) if path.exists() else None
+
+
+def test_uploader_started_for_active_remote(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    add_local_remote(session, tmp_path, "usb-a")
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
+        container = wait_for(
+            "the uploader container to run",
+            lambda: running_container(clean_podman, "silvasonic-uploader-usb-a"),
+        )
+        beat = wait_for("its heartbeat", lambda: heartbeat(redis_url, "usb-a"), timeout_s=15)
+        assert "controller.container_started" in controller.event_names()
+
+    labels = container.labels
+    assert labels["io.silvasonic.tier"] == "2"
+    assert labels["io.silvasonic.owner"] == "controller"
+    assert labels["io.silvasonic.service"] == "uploader"
+    assert labels["io.silvasonic.device_id"] == "usb-a"
+    assert len(labels["io.silvasonic.config_hash"]) == 12
+    host = container.attrs["HostConfig"]
+    assert host["Memory"] == 256 * MiB
+    assert host["CpuQuota"] == 50_000
+    assert host["OomScoreAdj"] == 250
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+    assert host["Privileged"] is False
+    assert not host.get("Devices")
+    assert beat["instance_id"] == "usb-a" and beat["service"] == "uploader"
+    enforced = cgroup_v1_memory_limit(container.id)
+    assert enforced in (None, 256 * MiB)  # None: this host keeps its cgroups elsewhere
+    # the controller exited; ADR-0013: the worker keeps running
+    assert running_container(clean_podman, "silvasonic-uploader-usb-a") is not None
+
+
+def test_uploader_stopped_when_remote_disabled(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    add_local_remote(session, tmp_path, "usb-a")
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("upload.usb-a", "a message for a remote that is about to go")
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
+        wait_for(
+            "the container", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
+        )
+
+        session.get_one(StorageRemote, "usb-a").is_active = False
+        session.commit()
+        nudge(redis_url)
+
+        wait_for(
+            "the container to be removed",
+            lambda: find_container(clean_podman, "silvasonic-uploader-usb-a") is None,
+            timeout_s=30,
+        )
+        wait_for("the queue purge", lambda: "controller.queue_purged" in controller.event_names())
+    assert client.exists("upload.usb-a") == 0
+
+
+def test_global_pause_stops_workers_but_keeps_their_queues(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    add_local_remote(session, tmp_path, "usb-a")
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("upload.usb-a", "queued while paused")
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log"):
+        wait_for(
+            "the container", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
+        )
+        set_config(session, "uploader", {"enabled": False})
+        session.commit()
+        nudge(redis_url)
+        wait_for(
+            "the paused worker to be removed",
+            lambda: find_container(clean_podman, "silvasonic-uploader-usb-a") is None,
+            timeout_s=30,
+        )
+        set_config(session, "uploader", {"enabled": True})
+        session.commit()
+        nudge(redis_url)
+        wait_for(
+            "the worker back", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
+        )
+    assert client.exists("upload.usb-a") == 1  # a pause is not a retirement
+
+
+class KillMethod(Enum):
+    """Ways a worker container dies."""
+
+    PODMAN_KILL = "podman kill: Podman treats it as stopped by the user, no restart policy"
+    SIGKILL_MAIN_PROCESS = "the worker process dies (OOM killer, crash): restart policy"
+
+
+@pytest.mark.parametrize("method", list(KillMethod), ids=lambda m: m.name.lower())
+def test_uploader_crash_recovery(
+    method: KillMethod,
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    add_local_remote(session, tmp_path, "usb-a")
+    name = "silvasonic-uploader-usb-a"
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
+        before = wait_for("the container", lambda: running_container(clean_podman, name))
+        pid = before.attrs["State"]["Pid"]
+
+        if method is KillMethod.PODMAN_KILL:
+            before.kill(signal="SIGKILL")
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+        def restarted() -> Any | None:
+            current = running_container(clean_podman, name)
+            return current if current is not None and current.attrs["State"]["Pid"] != pid else None
+
+        after = wait_for("the worker to run again", restarted, timeout_s=45)
+        events = controller.events()
+
+    if method is KillMethod.PODMAN_KILL:
+        assert after.id != before.id  # the controller recreated it
+        recreated = [e for e in events if e.get("event") == "controller.container_recreated"]
+        assert recreated and recreated[0]["reason"].startswith("not_running")
+    else:
+        assert after.id == before.id  # Podman's on-failure policy restarted it in place
+        assert after.attrs["RestartCount"] >= 1
+
+
+def test_uploader_readonly_workspace(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    workspace: Path,
+    tmp_path: Path,
+) -> None:
+    folder = add_local_remote(session, tmp_path, "usb-a")
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log"):
+        container = wait_for(
+            "the container", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
+        )
+
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts["/workspace/recorder"]["Source"] == str(workspace / "recorder")
+    assert mounts["/workspace/recorder"]["RW"] is False
+    assert mounts[str(folder)]["RW"] is True  # a local remote's folder (design.md §5)
+
+    code, output = container.exec_run(["/bin/sh", "-c", "touch /workspace/recorder/probe"])
+    assert code != 0 and b"Read-only file system" in output
+    assert not (workspace / "recorder" / "probe").exists()
+
+    code, output = container.exec_run(["/bin/sh", "-c", f"touch {folder}/probe"])
+    assert code == 0, output
+    assert (folder / "probe").exists()
