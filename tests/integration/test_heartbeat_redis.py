@@ -20,7 +20,7 @@ from uploader.heartbeat import STATUS_CHANNEL, Heartbeat, build_payload, publish
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:  # type: ignore[type-arg]
+def client(redis_url: str) -> Iterator[redis.Redis[bytes]]:
     c = redis.Redis.from_url(redis_url)
     yield c
     c.close()
@@ -42,7 +42,9 @@ def _wait_for_message(pubsub: Any, instance_id: str, timeout_s: float = 15) -> d
     raise AssertionError(f"no heartbeat for {instance_id} within {timeout_s} s")
 
 
-def test_publish_sets_the_key_with_ttl_and_publishes(client: redis.Redis, instance_id: str) -> None:  # type: ignore[type-arg]
+def test_publish_sets_the_key_with_ttl_and_publishes(
+    client: redis.Redis[bytes], instance_id: str
+) -> None:
     pubsub = client.pubsub()
     pubsub.subscribe(STATUS_CHANNEL)
     try:
@@ -60,14 +62,16 @@ def test_publish_sets_the_key_with_ttl_and_publishes(client: redis.Redis, instan
         pubsub.close()
 
 
-def test_long_interval_gives_three_intervals_of_ttl(client: redis.Redis, instance_id: str) -> None:  # type: ignore[type-arg]
+def test_long_interval_gives_three_intervals_of_ttl(
+    client: redis.Redis[bytes], instance_id: str
+) -> None:
     publish(client, build_payload("uploader", instance_id, {}, {}), interval_s=60)
     assert 170 <= client.ttl(f"silvasonic:status:{instance_id}") <= 180
 
 
 def test_heartbeat_thread_publishes_at_once_and_keeps_going(
-    client: redis.Redis, instance_id: str
-) -> None:  # type: ignore[type-arg]
+    client: redis.Redis[bytes], instance_id: str
+) -> None:
     monitor = HealthMonitor()
     beats = 0
 
@@ -92,8 +96,8 @@ def test_heartbeat_thread_publishes_at_once_and_keeps_going(
 
 
 def test_failing_payload_builder_does_not_stop_the_heartbeat(
-    client: redis.Redis, instance_id: str
-) -> None:  # type: ignore[type-arg]
+    client: redis.Redis[bytes], instance_id: str
+) -> None:
     calls = 0
 
     def make() -> dict[str, Any]:

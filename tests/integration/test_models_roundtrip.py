@@ -29,11 +29,13 @@ from uploader.db.models import (
 T0 = datetime(2026, 3, 26, 1, 35, tzinfo=UTC)
 
 
-def _upload(recording_id: int, remote_slug: str, *, success: bool, **kw: object) -> Upload:
+def _upload(
+    recording_id: int, remote_slug: str, *, success: bool, attempt_at: datetime = T0, **kw: object
+) -> Upload:
     return Upload(
         recording_id=recording_id,
         remote_slug=remote_slug,
-        attempt_at=kw.pop("attempt_at", T0),  # type: ignore[arg-type]
+        attempt_at=attempt_at,
         filename="a.flac",
         size=123,
         success=success,

@@ -48,6 +48,6 @@ def test_unknown_type_is_reported_without_asking_the_database() -> None:
 
 def test_missing_config_counts_as_empty() -> None:
     # config is NOT NULL in SQL, but an ORM object built in memory may not have it yet
-    remote = StorageRemote(slug="s3", type="s3", name="S3", config=None)  # type: ignore[arg-type]
+    remote = StorageRemote(slug="s3", type="s3", name="S3", config=None)
     reason = misconfiguration(cast(Session, _NoQueries()), remote)
     assert reason is not None and "access_key_id: Field required" in reason

@@ -24,7 +24,7 @@ from tests.schema_contract import (
 from uploader.db import models
 from uploader.db.models import Base, Recording, StorageRemote, Upload
 
-PG = postgresql.dialect()
+PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 def _table(name: str) -> Table:
@@ -98,7 +98,7 @@ def test_identity_primary_keys_autoincrement() -> None:
 @pytest.mark.parametrize("index", sorted(SEED_ERA_INDEXES))
 def test_seed_era_index_is_declared(index: str) -> None:
     table, columns, where = SEED_ERA_INDEXES[index]
-    declared = {i.name: i for i in _table(table).indexes}
+    declared = {str(i.name): i for i in _table(table).indexes}
     assert index in declared
     idx = declared[index]
     assert tuple(c.name for c in idx.columns) == columns
@@ -107,7 +107,7 @@ def test_seed_era_index_is_declared(index: str) -> None:
 
 
 def test_uploads_keeps_one_success_row_per_pair_and_one_row_per_attempt_key() -> None:
-    indexes = {i.name: i for i in _table("uploads").indexes}
+    indexes = {str(i.name): i for i in _table("uploads").indexes}
     success = indexes["uq_uploads_success_pair"]
     assert success.unique
     assert [c.name for c in success.columns] == ["recording_id", "remote_slug"]
@@ -128,6 +128,6 @@ def test_python_side_defaults_for_columns_without_a_server_default() -> None:
     # SEED-ERA ORM: storage_remotes.config and recordings.upload_info default to {} in Python
     for col in (StorageRemote.__table__.c.config, Recording.__table__.c.upload_info):
         assert col.default is not None and col.default.is_callable
-        assert col.default.arg(None) == {}  # type: ignore[attr-defined]
+        assert col.default.arg(None) == {}
     assert UPLOADS["attempt_at"].default is None
     assert Upload.__table__.c.attempt_at.default is None
