@@ -51,29 +51,44 @@ class ParkedPair:
     last_error: str | None
 
 
-_LEASE_RETRY = text(
+# One statement writes a claim: retry pairs are locked SKIP LOCKED and leased only if still
+# free (a concurrent claimer that got there first keeps them); new pairs get their row unless a
+# concurrent claimer inserted it first (ON CONFLICT); rows of done or deleted pairs are dropped.
+_WRITE_CLAIM = text(
     """
-    UPDATE pair_state p
-    SET lease_token = v.token, lease_until = now() + make_interval(secs => :lease_s),
-        parked_until = NULL, updated_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[])) AS v(recording_id, token)
-    WHERE p.remote_slug = :slug AND p.recording_id = v.recording_id
-    RETURNING p.recording_id, p.lease_token, p.lease_until
+    WITH retried AS (
+        UPDATE pair_state p
+        SET lease_token = v.token, lease_until = now() + make_interval(secs => :lease_s),
+            parked_until = NULL, updated_at = now()
+        FROM unnest(CAST(:retry_ids AS bigint[]), CAST(:retry_tokens AS uuid[]))
+             AS v(recording_id, token)
+        WHERE p.remote_slug = :slug AND p.recording_id = v.recording_id
+          AND p.recording_id IN (
+              SELECT q.recording_id FROM pair_state q
+              WHERE q.remote_slug = :slug
+                AND q.recording_id = ANY(CAST(:retry_ids AS bigint[]))
+                AND (q.lease_until IS NULL OR q.lease_until <= now())
+                AND (q.parked_until IS NULL OR q.parked_until <= now())
+              FOR UPDATE SKIP LOCKED)
+        RETURNING p.recording_id, p.lease_token, p.lease_until
+    ), fresh AS (
+        INSERT INTO pair_state (recording_id, remote_slug, lease_token, lease_until, updated_at)
+        SELECT v.recording_id, :slug, v.token, now() + make_interval(secs => :lease_s), now()
+        FROM unnest(CAST(:new_ids AS bigint[]), CAST(:new_tokens AS uuid[]))
+             AS v(recording_id, token)
+        ON CONFLICT (recording_id, remote_slug) DO NOTHING
+        RETURNING recording_id, lease_token, lease_until
+    ), dropped AS (
+        DELETE FROM pair_state p
+        WHERE p.remote_slug = :slug AND p.recording_id IN (
+            SELECT q.recording_id FROM pair_state q
+            WHERE q.remote_slug = :slug AND q.recording_id = ANY(CAST(:stale_ids AS bigint[]))
+            FOR UPDATE SKIP LOCKED)
+    )
+    SELECT recording_id, lease_token, lease_until FROM retried
+    UNION ALL
+    SELECT recording_id, lease_token, lease_until FROM fresh
     """
-)
-# ON CONFLICT: a pair that got a pair_state row since the walk (another claimer) is not ours
-_LEASE_NEW = text(
-    """
-    INSERT INTO pair_state (recording_id, remote_slug, lease_token, lease_until, updated_at)
-    SELECT v.recording_id, :slug, v.token, now() + make_interval(secs => :lease_s), now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[])) AS v(recording_id, token)
-    ON CONFLICT (recording_id, remote_slug) DO NOTHING
-    RETURNING recording_id, lease_token, lease_until
-    """
-)
-_DROP_STALE = text(
-    "DELETE FROM pair_state "
-    "WHERE remote_slug = :slug AND recording_id = ANY(CAST(:ids AS bigint[]))"
 )
 _PAIR = "recording_id = :rid AND remote_slug = :slug"
 _CHECK = text(
@@ -146,7 +161,7 @@ def claim(session: Session, remote_slug: str, n: int, *, lease_s: float) -> list
     """Lease up to ``n`` pending pairs of this remote, oldest first, each with a fresh token.
 
     Concurrent claims get disjoint sets and never wait for each other (``SKIP LOCKED`` on the
-    retry rows and on the remote's cursor, ``ON CONFLICT DO NOTHING`` for new pairs). A pair
+    chosen retry rows and on the remote's cursor, ``ON CONFLICT DO NOTHING`` for new pairs). A pair
     whose park window has passed is leased once more with its failure count kept, so one more
     file failure parks it again. Retry rows found done or ``local_deleted`` are dropped on the
     way. Publish the tasks only after the caller has committed.
@@ -156,22 +171,23 @@ def claim(session: Session, remote_slug: str, n: int, *, lease_s: float) -> list
     if n < 1:
         return []
     batch = work_poller.select_candidates(session, remote_slug, n, lock=True)
-    if batch.stale:
-        session.execute(_DROP_STALE, {"slug": remote_slug, "ids": list(batch.stale)})
-        log.info("pair.stale_dropped", remote=remote_slug, count=len(batch.stale))
-
+    retry_ids = [c.recording_id for c in batch.chosen if c.source is Source.retry]
+    new_ids = [c.recording_id for c in batch.chosen if c.source is Source.new]
+    params = {
+        "slug": remote_slug,
+        "lease_s": lease_s,
+        "retry_ids": retry_ids,
+        "retry_tokens": [str(uuid.uuid4()) for _ in retry_ids],
+        "new_ids": new_ids,
+        "new_tokens": [str(uuid.uuid4()) for _ in new_ids],
+        "stale_ids": list(batch.stale),
+    }
     granted: dict[int, tuple[str, datetime]] = {}
-    new_ids: list[int] = []
-    for source, sql in ((Source.retry, _LEASE_RETRY), (Source.new, _LEASE_NEW)):
-        ids = [c.recording_id for c in batch.chosen if c.source is source]
-        if not ids:
-            continue
-        if source is Source.new:
-            new_ids = ids
-        tokens = [str(uuid.uuid4()) for _ in ids]
-        params = {"slug": remote_slug, "ids": ids, "tokens": tokens, "lease_s": lease_s}
-        for rid, token, until in session.execute(sql, params):
+    if retry_ids or new_ids or batch.stale:
+        for rid, token, until in session.execute(_WRITE_CLAIM, params):
             granted[rid] = (str(token), until)
+    if batch.stale:
+        log.info("pair.stale_dropped", remote=remote_slug, count=len(batch.stale))
     # every chosen new id now has a pair_state row, ours or a concurrent claimer's
     work_poller.advance_cursor(session, batch, taken_new=new_ids)
 

@@ -50,8 +50,9 @@ LOOKBACK_IDS = 200
 SCAN_ROWS = 10_000
 
 #: ``count_pending`` counts exactly this many live recordings past the cursor, then
-#: extrapolates (a few ms, cheap enough for a heartbeat every 10 s).
-COUNT_EXACT_CAP = 1_000
+#: extrapolates: two index probes per row, about 2 ms at a million recordings, cheap enough
+#: for a heartbeat every 10 s.
+COUNT_EXACT_CAP = 500
 
 #: ``count_pending`` counts at most this many retry pairs exactly.
 COUNT_RETRY_CAP = 100_000
@@ -89,8 +90,9 @@ class Candidate:
 class CandidateBatch:
     """What one selection found; ``uploader.leases`` turns ``chosen`` into leases.
 
-    With ``lock=True`` the retry rows are locked (``FOR UPDATE SKIP LOCKED``) and, when
-    ``cursor_locked``, so is the remote's cursor row: new work is walked by one claimer at a time.
+    When ``cursor_locked``, this transaction holds the remote's cursor row: new work is walked
+    by one claimer at a time. Retry rows are not locked here; the claim locks the ones it
+    chose when it leases them.
     """
 
     remote_slug: str
@@ -164,33 +166,38 @@ _RETRY_COLUMNS = """
         WHERE u.recording_id = p.recording_id AND u.remote_slug = p.remote_slug AND u.success
         LIMIT 1) AS up ON true
 """
-_LOCK = "FOR UPDATE OF p SKIP LOCKED"
-
 # Retry work in one round trip, from two partial indexes:
 # - ready: ix_pair_state_ready (remote_slug, recording_id) WHERE parked_until IS NULL, in
-#   recording order; the only rows it steps over are this remote's live leases (a few batches);
+#   recording order; the only rows it steps over are this remote's live leases (a few batches).
+#   Written "remote_slug BETWEEN :slug AND :slug ... ORDER BY remote_slug, recording_id" on
+#   purpose: with "= :slug" the planner takes the order as just recording_id, which the
+#   primary key (recording_id, remote_slug) also gives, and at 1M recordings with a bloated
+#   pair_state it walked the whole primary key filtering by remote (every other remote's
+#   pairs stepped over). A range keeps remote_slug in the order, which only this index has;
 # - due: ix_pair_state_parked (remote_slug, parked_until) WHERE parked_until IS NOT NULL, the
 #   parked pairs whose window has passed, earliest first; the parked ones are never stepped over.
-_RETRY = f"""
+# Nothing is locked here: the claim locks (SKIP LOCKED) and leases only the rows it chose, in
+# the statement that writes the leases, so unchosen candidates cost no lock.
+_RETRY = text(
+    f"""
     WITH ready AS (
         {_RETRY_COLUMNS}
-        WHERE p.remote_slug = :slug AND p.parked_until IS NULL
+        WHERE p.remote_slug BETWEEN :slug AND :slug AND p.parked_until IS NULL
           AND (p.lease_until IS NULL OR p.lease_until <= now())
-        ORDER BY p.recording_id
-        LIMIT :n {{lock}}
+        ORDER BY p.remote_slug, p.recording_id
+        LIMIT :n
     ), due AS (
         {_RETRY_COLUMNS}
         WHERE p.remote_slug = :slug AND p.parked_until IS NOT NULL AND p.parked_until <= now()
           AND (p.lease_until IS NULL OR p.lease_until <= now())
         ORDER BY p.parked_until, p.recording_id
-        LIMIT :n {{lock}}
+        LIMIT :n
     )
     SELECT *, false AS park_expired FROM ready
     UNION ALL
     SELECT *, true AS park_expired FROM due
-"""
-_RETRY_LOCKED = text(_RETRY.format(lock=_LOCK))
-_RETRY_READ = text(_RETRY.format(lock=""))
+    """
+)
 
 _CURSOR_READ = text("SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug")
 _CURSOR_LOCK = text(
@@ -324,10 +331,11 @@ def rewind_cursor(session: Session, remote_slug: str, by_ids: int) -> int:
 def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool) -> CandidateBatch:
     """Retry work and new work, merged, the ``n`` oldest chosen.
 
-    ``lock=True`` (claiming): retry rows are selected ``FOR UPDATE SKIP LOCKED`` and new work
-    is walked only if this transaction gets the cursor row (``SKIP LOCKED`` too), so two
-    concurrent claims never hand out the same pair and never wait for each other; the one
-    without the cursor takes retry work only, this once.
+    ``lock=True`` (claiming): new work is walked only if this transaction gets the cursor row
+    (``FOR UPDATE SKIP LOCKED``), so two concurrent claims never walk the same rows and never
+    wait for each other; the one without the cursor takes retry work only, this once. Retry
+    candidates are read without locks; ``uploader.leases`` locks (``SKIP LOCKED``) and leases
+    only the ones chosen, re-checking that they are still free.
     """
     cursor, cursor_locked, cursor_exists = _open_cursor(session, remote_slug, lock=lock)
     walk_new = cursor_locked or not lock
@@ -338,8 +346,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
 
     retries: list[Candidate] = []
     stale: list[int] = []
-    retry_sql = _RETRY_LOCKED if lock else _RETRY_READ
-    for row in session.execute(retry_sql, {"slug": remote_slug, "n": n}):
+    for row in session.execute(_RETRY, {"slug": remote_slug, "n": n}):
         if row.local_deleted or row.done:
             stale.append(row.recording_id)
             continue
