@@ -14,6 +14,8 @@ from types import FrameType
 
 import structlog
 
+from uploader.process_group import spawn
+
 log = structlog.get_logger(__name__)
 
 BACKOFF_START_S = 1.0
@@ -33,8 +35,9 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(list(self.argv), env=env, start_new_session=True)
+        # its own process group (a group kill reaches its pool children) and killed by the
+        # kernel if the supervisor dies, so a kill -9 of the supervisor leaves no orphan
+        self.proc = spawn(self.argv, {**os.environ, **(self.env or {})}, stdout=None, stderr=None)
         self.started_at = time.monotonic()
         log.info("supervisor.child_started", child=self.name, pid=self.proc.pid)
 

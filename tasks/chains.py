@@ -16,10 +16,11 @@ def build_chain(lease: Lease, *, probe: bool = False) -> Signature:
     from tasks.pipeline import audit, encode, record_failure, upload
 
     queue = upload_queue(lease.remote_slug)
-    errback = record_failure.s().set(queue=queue)
-    steps = chain(
-        encode.si(lease.recording_id, lease.remote_slug, lease.token, probe).set(queue=queue),
-        upload.s().set(queue=queue),
-        audit.s().set(queue=queue),
-    )
-    return steps.on_error(errback)
+    steps = [
+        encode.si(lease.recording_id, lease.remote_slug, lease.token, probe),
+        upload.s(),
+        audit.s(),
+    ]
+    for step in steps:
+        step.set(queue=queue).on_error(record_failure.s().set(queue=queue))
+    return chain(*steps)

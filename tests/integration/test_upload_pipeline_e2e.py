@@ -51,9 +51,9 @@ def test_full_pipeline(engine: Engine, stack: Stack, tmp_path: Path) -> None:
     assert duplicate_success_pairs(engine) == 0
     assert scalar(engine, "SELECT count(*) FROM pair_state") == 0
     assert scalar(engine, "SELECT count(*) FROM recordings WHERE uploaded_at IS NULL") == 0
-    assert sorted(ids) == sorted(
-        r for (r,) in Session(engine).execute(text("SELECT recording_id FROM uploads"))
-    )
+    with Session(engine) as s:
+        audited = sorted(r for (r,) in s.execute(text("SELECT recording_id FROM uploads")))
+    assert audited == sorted(ids)
     # and the temp FLACs are gone
     assert not list(stack.temp_root.rglob("*.flac"))
     # and nothing ever went to the default queue, which nobody consumes

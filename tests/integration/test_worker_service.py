@@ -53,8 +53,10 @@ def test_uploader_starts_with_db(engine: Engine, stack: Stack, tmp_path: Path) -
     _add_remote(engine, "archive", tmp_path / "a")
     stack.start_worker("archive")
     port = stack.health_ports["worker-archive"]
-    assert wait_until(lambda: (_healthy(port) or (0, {}))[0] == 200, 30)
-    _, body = _healthy(port) or (0, {})
+    # 200 from the start ("starting up"), then the worker component once it consumes
+    assert wait_until(lambda: "worker" in str((_healthy(port) or (0, {}))[1]), 30)
+    status, body = _healthy(port) or (0, {})
+    assert status == 200
     assert body["status"] == "ok"
     assert body["components"]["worker"]["healthy"] is True  # type: ignore[index]
 
