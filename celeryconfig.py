@@ -31,7 +31,8 @@ task_ignore_result = True
 # time limit; retry countdowns (ETA messages, held unacked) must stay far below it.
 VISIBILITY_TIMEOUT_S = _int("SILVASONIC_VISIBILITY_TIMEOUT_S", 2 * 3600)
 TASK_TIME_LIMIT_S = _int("SILVASONIC_TASK_TIME_LIMIT_S", 30 * 60)
-TASK_SOFT_TIME_LIMIT_S = max(1, TASK_TIME_LIMIT_S - _int("SILVASONIC_SOFT_LIMIT_MARGIN_S", 30))
+# the soft limit leaves the task time to clean up (kill rclone/ffmpeg, audit) before the hard kill
+TASK_SOFT_TIME_LIMIT_S = TASK_TIME_LIMIT_S - min(30, TASK_TIME_LIMIT_S // 5)
 broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT_S,
     "socket_keepalive": True,
