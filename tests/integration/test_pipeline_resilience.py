@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from cli.local_servers import LocalRedis
 from tests.factories import make_recording
+from tests.fixtures.remote_servers import RemoteServer
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import (
     duplicate_success_pairs,
@@ -242,3 +243,91 @@ def test_remote_change_applies_without_restart(
         s.commit()
     assert wait_until(lambda: len(uploaded_files(second)) == 1, 60)
     assert len(uploaded_files(first)) == 2
+
+
+def test_remote_down_for_a_while(
+    engine: Engine, stack: Stack, tmp_path: Path, webdav_server: RemoteServer
+) -> None:
+    """Connection failures: bounded attempts, no file penalised or parked, the remote reported
+    unavailable, and uploads resume soon after it returns."""
+    import json
+
+    import redis
+
+    archive = tmp_path / "archive"
+    dav = {
+        "type": "webdav",
+        "config": webdav_server.config,
+        "target_path": webdav_server.target_path,
+    }
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=10,
+        seconds=0.5,
+        remotes={"nextcloud": dav, "usb": _local(archive)},
+        uploader={"batch_size": 4},
+    )
+    webdav_server.stop()
+    stack.start_worker("nextcloud")
+    stack.start_worker("usb")
+    stack.start_dispatcher()
+    # the local remote is unaffected; the WebDAV one is marked unavailable
+    assert wait_until(lambda: success_rows(engine, "usb") == len(ids), 90)
+    assert wait_until(
+        lambda: (
+            scalar(
+                engine,
+                "SELECT count(*) FROM remote_status WHERE remote_slug='nextcloud' "
+                "AND state='unavailable'",
+            )
+            == 1
+        ),
+        60,
+    )
+    client = redis.Redis.from_url(stack.redis_url)
+    assert wait_until(
+        lambda: (
+            json.loads(client.get("silvasonic:status:nextcloud") or b"{}")
+            .get("meta", {})
+            .get("remote_state")
+            == "unavailable"
+        ),
+        30,
+    )
+    time.sleep(8)  # a while of outage: only the probe pair keeps knocking
+    attempts = scalar(engine, "SELECT count(*) FROM uploads WHERE remote_slug='nextcloud'")
+    assert 1 <= attempts <= 30
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM uploads WHERE remote_slug='nextcloud' "
+            "AND error_kind <> 'connection'",
+        )
+        == 0
+    )
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM pair_state WHERE remote_slug='nextcloud' "
+            "AND (file_failures > 0 OR parked_until IS NOT NULL)",
+        )
+        == 0
+    )
+    assert uploaded_count(engine) == 0  # nothing is flagged while one remote lacks it
+    # the remote comes back: everything flows again
+    webdav_server.start()
+    assert wait_until(lambda: success_rows(engine, "nextcloud") == len(ids), 90)
+    assert wait_until(
+        lambda: (
+            scalar(
+                engine,
+                "SELECT count(*) FROM remote_status WHERE remote_slug='nextcloud' AND state='ok'",
+            )
+            == 1
+        ),
+        30,
+    )
+    assert uploaded_count(engine) == len(ids)
+    assert len(list((webdav_server.root / "archive").rglob("*.flac"))) == len(ids)
+    _ledger_is_clean(engine)
