@@ -1,6 +1,7 @@
 """Pending-pairs query and dispatch cycle at a million recordings x 3 remotes (design.md §8).
 
-    uv run python bench/poller.py --rows 1000000 [--json out.json] [--database-url URL] [--keep]
+    uv run python bench/poller.py --rows 1000000 [--json out.json] [--database-url URL]
+                                  [--keep | --reuse NAME]
 
 Builds its own database (``--database-url`` is an admin URL; default
 ``SILVASONIC_TEST_DATABASE_URL`` or ``postgresql://postgres@127.0.0.1:5432/postgres``), runs our
@@ -75,13 +76,16 @@ def main() -> int:
     args = _parse()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     admin = normalise_database_url(args.database_url)
-    name = f"sv_bench_poller_{uuid.uuid4().hex[:8]}"
-    url = _create_database(admin, name)
+    name = args.reuse or f"sv_bench_poller_{uuid.uuid4().hex[:8]}"
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    keep = args.keep or bool(args.reuse)
     try:
-        schema.upgrade(url)
+        if not args.reuse:
+            _create_database(admin, name)
+            schema.upgrade(url)
         engine = create_engine(url, pool_size=2)
         try:
-            load_s = _load(engine, args.rows)
+            load_s = 0.0 if args.reuse else _load(engine, args.rows)
             print(f"loaded {args.rows:,} recordings and uploads in {load_s:.1f} s", flush=True)
             load_before = os.getloadavg()[0]
             report = _measure(engine, args.runs)
@@ -92,10 +96,10 @@ def main() -> int:
         finally:
             engine.dispose()
     finally:
-        if not args.keep:
-            _drop_database(admin, name)
-        else:
+        if keep:
             print(f"kept database {name}")
+        else:
+            _drop_database(admin, name)
     _print(report)
     if args.json:
         with open(args.json, "w") as fh:
@@ -115,6 +119,9 @@ def _parse() -> argparse.Namespace:
         ),
     )
     p.add_argument("--keep", action="store_true", help="do not drop the database afterwards")
+    p.add_argument(
+        "--reuse", metavar="NAME", help="measure a database kept by an earlier --keep run"
+    )
     return p.parse_args()
 
 
@@ -374,7 +381,7 @@ def _explain(factory: sessionmaker[Session], slug: str) -> dict[str, Any]:
                 {"slug": slug, "lo": lo, "scan": work_poller.SCAN_ROWS, "n": BATCH},
             ),
             "retry work (ready + park due)": (
-                work_poller._RETRY_READ.text,
+                work_poller._RETRY.text,
                 {"slug": slug, "n": BATCH},
             ),
             "count window": (
@@ -466,9 +473,8 @@ def _admin_execute(admin_url: str, sql: str) -> None:
         engine.dispose()
 
 
-def _create_database(admin_url: str, name: str) -> str:
+def _create_database(admin_url: str, name: str) -> None:
     _admin_execute(admin_url, f'CREATE DATABASE "{name}"')
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 def _drop_database(admin_url: str, name: str) -> None:

@@ -76,14 +76,24 @@ class Source(StrEnum):
 
 @dataclass(frozen=True)
 class Candidate:
-    pending: PendingUpload
+    """A pending pair found by one selection. Plain fields: a claim needs only the id and the
+    time, so the validated :class:`PendingUpload` is built only for what a find returns."""
+
+    recording_id: int
+    time: datetime
+    file_raw: str
+    sensor_id: str
     source: Source
     #: the pair's park window has passed: it is tried once more (a retry only)
     park_expired: bool = False
 
-    @property
-    def recording_id(self) -> int:
-        return self.pending.recording_id
+    def to_pending(self) -> PendingUpload:
+        return PendingUpload(
+            recording_id=self.recording_id,
+            file_raw=self.file_raw,
+            sensor_id=self.sensor_id,
+            time=self.time,
+        )
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,7 @@ def find_pending_uploads(
         return []
     batch = select_candidates(session, remote_slug, batch_size, lock=False)
     advance_cursor(session, batch, taken_new=())
-    return [c.pending for c in batch.chosen]
+    return [c.to_pending() for c in batch.chosen]
 
 
 def count_pending(session: Session, remote_slug: str) -> int:
@@ -350,8 +360,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
         if row.local_deleted or row.done:
             stale.append(row.recording_id)
             continue
-        pending = _pending(row, row.recording_id)
-        retries.append(Candidate(pending, Source.retry, park_expired=row.park_expired))
+        retries.append(_candidate(row, row.recording_id, Source.retry, row.park_expired))
 
     return CandidateBatch(
         remote_slug=remote_slug,
@@ -413,7 +422,7 @@ def oldest(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
     """The ``n`` oldest by ``(time, recording_id)``; duplicates (same recording) kept once."""
     seen: set[int] = set()
     out: list[Candidate] = []
-    for c in sorted(candidates, key=lambda c: (c.pending.time, c.recording_id)):
+    for c in sorted(candidates, key=lambda c: (c.time, c.recording_id)):
         if c.recording_id in seen:
             continue
         seen.add(c.recording_id)
@@ -434,10 +443,8 @@ def extrapolate(pending_in_window: int, *, first_id: int, last_id: int, max_id: 
 # -- internals ----------------------------------------------------------------------------
 
 
-def _pending(row: Any, recording_id: int) -> PendingUpload:
-    return PendingUpload(
-        recording_id=recording_id, file_raw=row.file_raw, sensor_id=row.sensor_id, time=row.time
-    )
+def _candidate(row: Any, recording_id: int, source: Source, park_expired: bool) -> Candidate:
+    return Candidate(recording_id, row.time, row.file_raw, row.sensor_id, source, park_expired)
 
 
 def _walk(
@@ -451,7 +458,7 @@ def _walk(
         if row.is_scan_end:
             scan_end = row.id
         else:
-            found.append(Candidate(_pending(row, row.id), Source.new))
+            found.append(_candidate(row, row.id, Source.new, False))
     found.sort(key=lambda c: c.recording_id)
     return found, scan_end
 

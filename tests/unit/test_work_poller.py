@@ -30,13 +30,7 @@ T0 = datetime(2026, 3, 26, tzinfo=UTC)
 
 
 def _cand(rid: int, seconds: int, source: Source = Source.new) -> Candidate:
-    p = PendingUpload(
-        recording_id=rid,
-        file_raw=f"m/{rid}.wav",
-        sensor_id="m",
-        time=T0 + timedelta(seconds=seconds),
-    )
-    return Candidate(p, source)
+    return Candidate(rid, T0 + timedelta(seconds=seconds), f"m/{rid}.wav", "m", source)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +79,13 @@ def test_oldest_keeps_one_candidate_per_recording() -> None:
 )
 def test_extrapolate(pending: int, first_id: int, last_id: int, max_id: int, expected: int) -> None:
     assert extrapolate(pending, first_id=first_id, last_id=last_id, max_id=max_id) == expected
+
+
+def test_candidate_becomes_the_seeds_pending_upload() -> None:
+    pending = _cand(7, 30).to_pending()
+    assert pending == PendingUpload(
+        recording_id=7, file_raw="m/7.wav", sensor_id="m", time=T0 + timedelta(seconds=30)
+    )
 
 
 def test_pending_upload_is_frozen_and_validated() -> None:
