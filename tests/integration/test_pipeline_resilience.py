@@ -331,3 +331,52 @@ def test_remote_down_for_a_while(
     assert uploaded_count(engine) == len(ids)
     assert len(list((webdav_server.root / "archive").rglob("*.flac"))) == len(ids)
     _ledger_is_clean(engine)
+
+
+def test_sigterm_returns_in_flight_work_and_exits_0(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """Soft shutdown: the upload under way goes back to the queue; a new worker finishes it."""
+    archive = tmp_path / "archive"
+    ids = seed_station(
+        engine,
+        stack.workspace,
+        recordings=3,
+        seconds=6,
+        remotes={"archive": _local(archive)},
+        uploader={"bandwidth_limit": "60k", "batch_size": 3},
+    )
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    assert wait_until(
+        lambda: scalar(engine, "SELECT count(*) FROM pair_state WHERE lease_token IS NOT NULL") > 0,
+        60,
+    )
+    time.sleep(2.0)  # an upload is running (about 5 s per file at this limit)
+    assert stack.stop("worker-archive", timeout_s=30) == 0
+    stack.start_worker("archive", name="worker-archive-2")
+    assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 120)
+    _ledger_is_clean(engine)
+
+
+def test_two_dispatchers_one_schedules(engine: Engine, stack: Stack, tmp_path: Path) -> None:
+    """Two `beat` processes: redbeat's lock lets one schedule while the other waits; the
+    standby takes over when the leader dies (lock timeout shortened here)."""
+    from tests.factories import make_recording_with_wav
+
+    archive = tmp_path / "archive"
+    seed_station(engine, stack.workspace, recordings=2, remotes={"archive": _local(archive)})
+    fast_lock = {"SILVASONIC_REDBEAT_LOCK_TIMEOUT_S": "6"}
+    stack.start_dispatcher("beat-a", loglevel="INFO", **fast_lock)
+    assert wait_until(lambda: "beat: Acquired lock" in stack.logs("beat-a"), 30)
+    stack.start_dispatcher("beat-b", loglevel="INFO", **fast_lock)
+    stack.start_worker("archive")
+    assert wait_until(lambda: success_rows(engine, "archive") == 2, 60)
+    assert "beat: Acquired lock" not in stack.logs("beat-b")  # the standby waits
+    # the leader dies: the standby takes the lock and new work is still dispatched
+    stack.kill("beat-a")
+    assert wait_until(lambda: "beat: Acquired lock" in stack.logs("beat-b"), 60)
+    with Session(engine) as s:
+        make_recording_with_wav(s, stack.workspace, seconds=0.5)
+        s.commit()
+    assert wait_until(lambda: success_rows(engine, "archive") == 3, 90)
