@@ -1,0 +1,577 @@
+"""``silvasonic-uploader remotes``: list, add, change, (de)activate and remove remotes
+(``storage_remotes``).
+
+Secrets never come from the command line (they would show in ``ps`` and the shell history):
+the fields a remote type declares secret (``uploader.remotes.REMOTE_TYPES[type].secret_fields``)
+are read from a hidden prompt or, with ``--secrets-from-stdin``, as ``key=value`` lines on
+stdin; ``--option pass=…`` is refused. With ``SILVASONIC_ENCRYPTION_KEY`` set they are stored
+``enc:``-encrypted, else in plaintext with a loud warning. Nothing prints a secret: ``list``
+masks them, errors name fields, never values.
+
+Every change nudges the controller (``PUBLISH silvasonic:nudge reconcile``); deactivating
+also releases the remote's leases and purges its queue, so queued work ends without trying.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import click
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from cli.operator_common import (
+    RedisEffects,
+    after_change,
+    emit_json,
+    iso,
+    json_option,
+    operator_session,
+    warn,
+)
+from uploader import audit_logger, leases
+from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.db.models import StorageRemote
+from uploader.errors import RemoteConfigInvalid
+from uploader.redact import MASK, redact
+from uploader.remotes import (
+    REMOTE_TYPES,
+    RemoteType,
+    supported_types,
+    validate_remote_config,
+    validate_remote_slug,
+)
+from uploader.secrets import (
+    ENC_PREFIX,
+    KEY_ENV,
+    SecretError,
+    decrypt_value,
+    encrypt_value,
+    is_encrypted,
+    load_encryption_key,
+)
+
+_HAS_AUDIT = text("SELECT EXISTS (SELECT 1 FROM uploads WHERE remote_slug = :slug)")
+
+secrets_from_stdin_option = click.option(
+    "--secrets-from-stdin",
+    is_flag=True,
+    help="Read secret fields as key=value lines from stdin (until end of input) instead of "
+    "prompting.",
+)
+secret_option = click.option(
+    "--secret",
+    "secret_names",
+    multiple=True,
+    metavar="FIELD",
+    help="Prompt for this secret field too (e.g. an optional one such as sftp's pass).",
+)
+option_option = click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A non-secret config field or allowed rclone option (repeatable).",
+)
+
+
+@click.group()
+def remotes() -> None:
+    """List, add, change, (de)activate and remove remotes (storage_remotes)."""
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+@remotes.command("list")
+@json_option
+def list_cmd(as_json: bool) -> None:
+    """Every remote, with its role and options; secret values are masked."""
+    with operator_session(read_only=True) as session:
+        rows = session.scalars(
+            select(StorageRemote).order_by(
+                StorageRemote.created_at.asc().nulls_last(), StorageRemote.slug.asc()
+            )
+        ).all()
+        active = active_remotes(session)
+        listed = [_remote_json(row, active) for row in rows]
+    if as_json:
+        emit_json({"remotes": listed})
+        return
+    if not listed:
+        click.echo("no remote yet: silvasonic-uploader remotes add SLUG --type TYPE --name NAME …")
+        return
+    for r in listed:
+        flags = "active" if r["is_active"] else "inactive"
+        click.echo(f"{r['slug']}  ({r['type']}, {flags}, {r['role']})  {r['name']}")
+        if r["target_path"]:
+            click.echo(f"    target_path: {r['target_path']}")
+        for key, value in r["options"].items():
+            click.echo(f"    {key}: {value}")
+        if r["role_detail"]:
+            click.echo(f"    note: {r['role_detail']}")
+
+
+def _role(slug: str, is_active: bool | None, active: ActiveRemotes) -> tuple[str, str | None]:
+    """(role, why) - ``required``/``running`` follow ``uploader.active``."""
+    if not is_active:
+        return "inactive", None
+    skipped = {s.reason: s.detail for s in active.skipped if s.slug == slug}
+    if SkipReason.over_cap in skipped:
+        return "over_cap", skipped[SkipReason.over_cap]
+    if slug in active.running_slugs:
+        return "running", None
+    for reason in (SkipReason.misconfigured, SkipReason.paused):
+        if reason in skipped:
+            return f"required ({reason})", skipped[reason]
+    return "required", None
+
+
+def _remote_json(row: StorageRemote, active: ActiveRemotes) -> dict[str, Any]:
+    role, detail = _role(row.slug, row.is_active, active)
+    return {
+        "slug": row.slug,
+        "type": row.type,
+        "name": row.name,
+        "is_active": bool(row.is_active),
+        "role": role,
+        "role_detail": detail,
+        "target_path": row.target_path,
+        "options": masked_options(row.type, row.config or {}),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+def masked_options(remote_type: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config for display: secret fields as ``***`` (``enc:***`` when stored encrypted),
+    other strings through the redaction helper (a URL with user:password@ is masked too)."""
+    spec = REMOTE_TYPES.get(remote_type)
+    secret = spec.secret_fields if spec else frozenset()
+    shown: dict[str, Any] = {}
+    for key, value in sorted(config.items()):
+        if key in secret or (spec is None and isinstance(value, str)):
+            shown[key] = f"{ENC_PREFIX}{MASK}" if is_encrypted(value) else MASK
+        elif isinstance(value, str):
+            shown[key] = redact(value)
+        else:
+            shown[key] = value
+    return shown
+
+
+# -- add / set ----------------------------------------------------------------------------
+
+
+@remotes.command()
+@click.argument("slug")
+@click.option(
+    "--type",
+    "remote_type",
+    required=True,
+    type=click.Choice(supported_types()),
+    help="The rclone backend.",
+)
+@click.option("--name", required=True, help="A human name (shown in the web UI and status).")
+@option_option
+@click.option("--target-path", default=None, help="Prefix of every remote path (bucket, folder).")
+@secret_option
+@secrets_from_stdin_option
+@click.option("--inactive", is_flag=True, help="Add it inactive (activate it later).")
+@json_option
+def add(
+    slug: str,
+    remote_type: str,
+    name: str,
+    options: tuple[str, ...],
+    target_path: str | None,
+    secret_names: tuple[str, ...],
+    secrets_from_stdin: bool,
+    inactive: bool,
+    as_json: bool,
+) -> None:
+    """Add remote SLUG; secrets are prompted for (or read from stdin), never taken from argv.
+
+    \b
+    Example (Nextcloud; user and password are asked for):
+      silvasonic-uploader remotes add nextcloud --type webdav --name "Nextcloud" \\
+        --option url=https://cloud.example.org/remote.php/dav/files/alice/ \\
+        --option vendor=nextcloud --target-path Silvasonic
+    """
+    try:
+        validate_remote_slug(slug)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SLUG") from None
+    spec = REMOTE_TYPES[remote_type]
+    config: dict[str, Any] = parse_options(options, remote_type, spec)
+    key = _encryption_key()
+    with operator_session(read_only=True) as session:  # before anyone types a secret
+        _refuse_existing(session, slug)
+    wanted = _required_secret_fields(spec) | _checked_names(secret_names, remote_type, spec)
+    supplied = _read_secrets(slug, remote_type, spec, wanted, secrets_from_stdin)
+    config.update(_store_secrets(supplied, key))
+    _validate(slug, remote_type, config)
+    with operator_session() as session:
+        _refuse_existing(session, slug)
+        session.add(
+            StorageRemote(
+                slug=slug,
+                type=remote_type,
+                name=name,
+                config=config,
+                is_active=not inactive,
+                target_path=target_path,
+            )
+        )
+    effects = after_change()
+    result = {"slug": slug, "action": "added", "is_active": not inactive}
+    state = "inactive" if inactive else "active"
+    _report(
+        as_json,
+        {**result, **_secret_summary(supplied, key)},
+        effects,
+        f"remote {slug!r} added ({remote_type}, {state})",
+    )
+
+
+def _refuse_existing(session: Session, slug: str) -> None:
+    if session.get(StorageRemote, slug) is not None:
+        raise click.ClickException(
+            f"remote {slug!r} exists already; change it with "
+            f"`silvasonic-uploader remotes set {slug} …`"
+        )
+
+
+@remotes.command("set")
+@click.argument("slug")
+@click.option("--name", default=None, help="A new human name.")
+@option_option
+@click.option("--unset", "unset", multiple=True, metavar="KEY", help="Remove a config field.")
+@click.option("--target-path", default=None, help="A new prefix of every remote path.")
+@click.option("--clear-target-path", is_flag=True, help="Remove the target path.")
+@secret_option
+@secrets_from_stdin_option
+@click.option(
+    "--encrypt-secrets",
+    is_flag=True,
+    help=f"Encrypt the remote's plaintext secrets in place (needs {KEY_ENV}).",
+)
+@json_option
+def set_cmd(
+    slug: str,
+    name: str | None,
+    options: tuple[str, ...],
+    unset: tuple[str, ...],
+    target_path: str | None,
+    clear_target_path: bool,
+    secret_names: tuple[str, ...],
+    secrets_from_stdin: bool,
+    encrypt_secrets: bool,
+    as_json: bool,
+) -> None:
+    """Change remote SLUG's name, target path or options; replace secrets with --secret FIELD
+    (prompted) or --secrets-from-stdin. A config change clears a worker's misconfigured mark."""
+    if target_path is not None and clear_target_path:
+        raise click.UsageError("--target-path and --clear-target-path exclude each other")
+    key = _encryption_key()
+    if encrypt_secrets and key is None:
+        raise click.ClickException(
+            f"--encrypt-secrets needs {KEY_ENV}; generate one with "
+            f"`silvasonic-uploader secrets generate-key`"
+        )
+    with operator_session(read_only=True) as session:  # no transaction open while prompting
+        remote_type = _get(session, slug).type
+    spec = REMOTE_TYPES.get(remote_type)
+    if spec is None:
+        raise click.ClickException(
+            f"remote {slug!r} has type {remote_type!r}, which this uploader does not support; "
+            f"remove it and add it again with one of {', '.join(supported_types())}"
+        )
+    patch = parse_options(options, remote_type, spec)
+    wanted = _checked_names(secret_names, remote_type, spec)
+    supplied = _read_secrets(slug, remote_type, spec, wanted, secrets_from_stdin)
+    patch.update(_store_secrets(supplied, key))
+    with operator_session() as session:
+        row = _get(session, slug)
+        config = {**(row.config or {}), **patch}
+        for field in unset:
+            if config.pop(field, None) is None:
+                raise click.BadParameter(f"{field!r} is not set", param_hint="--unset")
+        encrypted_now = _encrypt_in_place(config, spec, key) if encrypt_secrets else []
+        _validate(slug, remote_type, config)
+        changes: list[str] = []
+        if name is not None and name != row.name:
+            row.name = name
+            changes.append("name")
+        new_target = None if clear_target_path else target_path
+        if (clear_target_path or target_path is not None) and new_target != row.target_path:
+            row.target_path = new_target
+            changes.append("target_path")
+        if config != (row.config or {}):
+            row.config = config
+            changes.append("config")
+        if not changes:
+            raise click.ClickException("nothing to change (see `remotes set --help`)")
+    effects = after_change()
+    result = {"slug": slug, "action": "changed", "changed": changes,
+              "encrypted_in_place": encrypted_now}  # fmt: skip
+    _report(
+        as_json,
+        {**result, **_secret_summary(supplied, key)},
+        effects,
+        f"remote {slug!r} changed: {', '.join(changes)}",
+    )
+
+
+def parse_options(options: Iterable[str], remote_type: str, spec: RemoteType) -> dict[str, str]:
+    """``KEY=VALUE`` pairs; a secret field is refused without ever echoing its value."""
+    parsed: dict[str, str] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
+        if key in spec.secret_fields:
+            raise click.BadParameter(
+                f"{key!r} is a secret of a {remote_type} remote and is never taken from the "
+                f"command line (it would show in `ps` and the shell history); leave it out to "
+                f"be prompted for it, or pipe a `{key}=…` line into --secrets-from-stdin",
+                param_hint="--option",
+            )
+        if key in parsed:
+            raise click.BadParameter(f"{key!r} is given twice", param_hint="--option")
+        parsed[key] = value
+    return parsed
+
+
+def _schema_fields(spec: RemoteType) -> dict[str, bool]:
+    """Field name (as stored) -> required."""
+    return {
+        (info.alias or name): info.is_required() for name, info in spec.schema.model_fields.items()
+    }
+
+
+def _required_secret_fields(spec: RemoteType) -> set[str]:
+    return {f for f, required in _schema_fields(spec).items() if required} & spec.secret_fields
+
+
+def _checked_names(names: Iterable[str], remote_type: str, spec: RemoteType) -> set[str]:
+    for field in names:
+        if field not in spec.secret_fields:
+            raise click.BadParameter(
+                f"{field!r} is not a secret field of a {remote_type} remote (secret fields: "
+                f"{', '.join(sorted(spec.secret_fields)) or 'none'}); pass other fields with "
+                f"--option",
+                param_hint="--secret",
+            )
+    return set(names)
+
+
+def _read_secrets(
+    slug: str, remote_type: str, spec: RemoteType, wanted: set[str], from_stdin: bool
+) -> dict[str, str]:
+    """From stdin (``key=value`` lines; any secret field of the type) or one hidden prompt per
+    wanted field. Values are never echoed, not even in errors."""
+    if from_stdin:
+        supplied = parse_secret_lines(sys.stdin.read().splitlines(), remote_type, spec)
+        missing = sorted(f for f in wanted if f not in supplied)
+        if missing:
+            raise click.ClickException(
+                f"stdin lacks the secret field(s) {', '.join(missing)}: give one "
+                f"`field=value` line each"
+            )
+        return supplied
+    supplied = {}
+    for field in sorted(wanted):
+        # the prompt goes to stderr: stdout carries the result (--json must stay parseable)
+        value = click.prompt(
+            f"{field} for {slug}", hide_input=True, default="", show_default=False, err=True
+        )
+        if not value:
+            raise click.ClickException(f"no value given for secret field {field!r}")
+        supplied[field] = value
+    return supplied
+
+
+def parse_secret_lines(lines: Iterable[str], remote_type: str, spec: RemoteType) -> dict[str, str]:
+    """``key=value`` per line; blank lines and ``#`` comments are skipped. Errors name the line
+    number and the field, never a value."""
+    supplied: dict[str, str] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.ClickException(f"stdin line {number} is not key=value")
+        if key not in spec.secret_fields:
+            raise click.ClickException(
+                f"stdin line {number}: {key!r} is not a secret field of a {remote_type} remote "
+                f"(secret fields: {', '.join(sorted(spec.secret_fields)) or 'none'}); pass "
+                f"other fields with --option"
+            )
+        if not value:
+            raise click.ClickException(f"stdin line {number}: {key!r} has an empty value")
+        if key in supplied:
+            raise click.ClickException(f"stdin line {number}: {key!r} is given twice")
+        supplied[key] = value
+    return supplied
+
+
+def _encryption_key() -> str | None:
+    key = load_encryption_key()
+    if key is not None:
+        try:
+            encrypt_value("probe", key)
+        except SecretError as exc:
+            raise click.ClickException(str(exc)) from None
+    return key
+
+
+def _store_secrets(supplied: Mapping[str, str], key: str | None) -> dict[str, str]:
+    """What goes into the config: encrypted with ``key``, or plaintext with a loud warning.
+    A value that is ``enc:`` already is kept (checked against ``key`` when there is one)."""
+    stored: dict[str, str] = {}
+    plaintext: list[str] = []
+    for field, value in supplied.items():
+        if is_encrypted(value):
+            if key is not None:
+                try:
+                    decrypt_value(value, key, field=field)
+                except SecretError as exc:
+                    raise click.ClickException(str(exc)) from None
+            stored[field] = value
+        elif key is not None:
+            stored[field] = encrypt_value(value, key)
+        else:
+            stored[field] = value
+            plaintext.append(field)
+    if plaintext:
+        warn(
+            f"{KEY_ENV} is not set: secret field(s) {', '.join(sorted(plaintext))} are stored "
+            f"IN PLAINTEXT in storage_remotes.config. Generate a key with `silvasonic-uploader "
+            f"secrets generate-key`, give it to this shell, the controller and the workers, "
+            f"then run `silvasonic-uploader remotes set SLUG --encrypt-secrets`."
+        )
+    return stored
+
+
+def _encrypt_in_place(config: dict[str, Any], spec: RemoteType, key: str | None) -> list[str]:
+    assert key is not None
+    done = []
+    for field in sorted(spec.secret_fields):
+        value = config.get(field)
+        if isinstance(value, str) and value and not is_encrypted(value):
+            config[field] = encrypt_value(value, key)
+            done.append(field)
+    return done
+
+
+def _secret_summary(supplied: Mapping[str, str], key: str | None) -> dict[str, Any]:
+    return {"secrets_set": sorted(supplied), "encrypted": bool(supplied) and key is not None}
+
+
+def _validate(slug: str, remote_type: str, config: dict[str, Any]) -> None:
+    try:
+        validate_remote_config(slug, remote_type, config)
+    except RemoteConfigInvalid as exc:
+        raise click.ClickException(f"{exc}; nothing was saved") from None
+
+
+# -- activate / deactivate / remove ---------------------------------------------------------
+
+
+@remotes.command()
+@click.argument("slug")
+@json_option
+def activate(slug: str, as_json: bool) -> None:
+    """Make remote SLUG count again: the controller starts its worker."""
+    with operator_session() as session:
+        row = _get(session, slug)
+        changed = not row.is_active
+        row.is_active = True
+    effects = after_change() if changed else RedisEffects()
+    _report(
+        as_json,
+        {"slug": slug, "action": "activated" if changed else "unchanged"},
+        effects,
+        f"remote {slug!r} {'activated' if changed else 'was active already'}",
+    )
+
+
+@remotes.command()
+@click.argument("slug")
+@json_option
+def deactivate(slug: str, as_json: bool) -> None:
+    """Stop counting remote SLUG: release its leases, purge its queue, stop its worker.
+
+    Recordings that every remaining required remote holds are flagged uploaded at once.
+    """
+    with operator_session() as session:
+        row = _get(session, slug)
+        changed = bool(row.is_active)
+        row.is_active = False
+        session.flush()
+        released = leases.release_all(session, slug)
+        completed = audit_logger.recompute_uploaded(session)
+    effects = after_change(purge_slug=slug)
+    _report(
+        as_json,
+        {
+            "slug": slug,
+            "action": "deactivated" if changed else "unchanged",
+            "leases_released": released,
+            "recordings_completed": completed,
+        },
+        effects,
+        f"remote {slug!r} {'deactivated' if changed else 'was inactive already'}; "
+        f"{released} lease(s) released, {completed} recording(s) now complete",
+    )
+
+
+@remotes.command()
+@click.argument("slug")
+@json_option
+def remove(slug: str, as_json: bool) -> None:
+    """Delete remote SLUG - only one without audit rows (the audit is immutable)."""
+    with operator_session() as session:
+        row = _get(session, slug)
+        if session.execute(_HAS_AUDIT, {"slug": slug}).scalar_one():
+            raise click.ClickException(
+                f"remote {slug!r} has upload attempts in the audit (uploads), which is never "
+                f"rewritten, so it cannot be removed; deactivate it instead: "
+                f"silvasonic-uploader remotes deactivate {slug}"
+            )
+        was_active = bool(row.is_active)
+        session.delete(row)  # pair_state, remote_cursor, remote_status go with it (CASCADE)
+        session.flush()
+        completed = audit_logger.recompute_uploaded(session) if was_active else 0
+    effects = after_change(purge_slug=slug)
+    _report(
+        as_json,
+        {"slug": slug, "action": "removed", "recordings_completed": completed},
+        effects,
+        f"remote {slug!r} removed",
+    )
+
+
+def _get(session: Session, slug: str) -> StorageRemote:
+    row = session.get(StorageRemote, slug)
+    if row is None:
+        raise click.ClickException(
+            f"no remote {slug!r}; `silvasonic-uploader remotes list` shows them"
+        )
+    return row
+
+
+def _report(as_json: bool, result: dict[str, Any], effects: RedisEffects, line: str) -> None:
+    if as_json:
+        emit_json({**result, **effects.as_dict()})
+        return
+    click.echo(line)
+    if effects.purged_messages:
+        click.echo(f"purged {effects.purged_messages} queued message(s)")
+    if effects.nudged:
+        click.echo("controller nudged")
