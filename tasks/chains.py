@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from celery import chain
 from celery.canvas import Signature
-from uploader.leases import Lease
 
 from celeryconfig import upload_queue
+from uploader.leases import Lease
 
 
 def build_chain(lease: Lease, *, probe: bool = False) -> Signature:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import redis
-from uploader.rclone_client import RcloneClient
-from uploader.upload_stats import UploadStats
 
 from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
+from uploader.rclone_client import RcloneClient
 from uploader.remotes import config_fingerprint
 from uploader.settings import UploaderServiceSettings
+from uploader.upload_stats import UploadStats
 
 TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
 
@@ -35,7 +35,7 @@ def worker_temp_dir(remote_slug: str) -> Path:
 @dataclass
 class Runtime:
     ctx: WorkerContext
-    redis: "redis.Redis[Any]"
+    redis: redis.Redis[Any]
     stats: UploadStats
     _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
 

@@ -15,7 +15,7 @@ KEY = "silvasonic:uploader:counters:{slug}"
 log = structlog.get_logger(__name__)
 
 
-def record_success(client: "redis.Redis[Any]", slug: str, size_bytes: int) -> None:
+def record_success(client: redis.Redis[Any], slug: str, size_bytes: int) -> None:
     try:
         pipe = client.pipeline()
         key = KEY.format(slug=slug)
@@ -27,14 +27,14 @@ def record_success(client: "redis.Redis[Any]", slug: str, size_bytes: int) -> No
         log.warning("counters.update_failed", remote=slug, error=type(exc).__name__)
 
 
-def record_failure(client: "redis.Redis[Any]", slug: str) -> None:
+def record_failure(client: redis.Redis[Any], slug: str) -> None:
     try:
         client.hincrby(KEY.format(slug=slug), "failed_count", 1)
     except redis.RedisError as exc:
         log.warning("counters.update_failed", remote=slug, error=type(exc).__name__)
 
 
-def read(client: "redis.Redis[Any]", slug: str) -> dict[str, Any]:
+def read(client: redis.Redis[Any], slug: str) -> dict[str, Any]:
     try:
         raw = client.hgetall(KEY.format(slug=slug))
     except redis.RedisError:
