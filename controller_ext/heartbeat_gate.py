@@ -16,8 +16,9 @@ import redis
 STATUS_KEY = "silvasonic:status:{instance_id}"
 # upstream's gate: older than 45 s is stale (3 missed 10 s heartbeats plus slack)
 DEFAULT_STALE_AFTER_S = 45.0
-# a worker gets this long after (re)start before its heartbeat is demanded
-DEFAULT_GRACE_S = 60.0
+# a worker gets this long after (re)start before its heartbeat is demanded: Celery boots in
+# seconds, but a loaded 2-core machine starting several workers at once took 30 s in our tests
+DEFAULT_GRACE_S = 90.0
 HEALTHY_STATES = ("ok", "starting")
 
 

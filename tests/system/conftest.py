@@ -78,7 +78,8 @@ def _unusable(reason: str) -> None:
 
 def _host_mounts() -> list[str]:
     """Read-only host paths a worker needs: /usr (and /lib* where they are not symlinks into
-    it), the project, its virtual environment and the Python it was built from."""
+    it), the project, its virtual environment, the Python it was built from, and what the
+    dynamic linker reads in /etc."""
     paths = ["/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         if os.path.isdir(top) and not os.path.islink(top):
@@ -86,6 +87,8 @@ def _host_mounts() -> list[str]:
     for extra in (str(ROOT), sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix)):
         if not any(extra == p or extra.startswith(p.rstrip("/") + "/") for p in paths):
             paths.append(extra)
+    # shared libraries found through /etc (Debian's BLAS for ffmpeg is an alternatives link)
+    paths += [p for p in ("/etc/alternatives", "/etc/ld.so.cache") if os.path.exists(p)]
     mounts = [f"{p}:{p}:ro" for p in paths]
     if not USE_REAL_WORKER:
         mounts.append(f"{STANDIN_DIR}:/standin:ro")
@@ -272,8 +275,8 @@ def podman_controller_env(
         "SILVASONIC_DATABASE_URL": db_url,
         "SILVASONIC_REDIS_URL": redis_url,
         "SILVASONIC_RECONCILE_INTERVAL_S": "1",
-        "SILVASONIC_UPLOADER_HEARTBEAT_GRACE_S": "30",
-        "SILVASONIC_UPLOADER_STOP_TIMEOUT_S": "5",
+        "SILVASONIC_UPLOADER_HEARTBEAT_GRACE_S": "90",
+        "SILVASONIC_UPLOADER_STOP_TIMEOUT_S": "15",
         "SILVASONIC_HEARTBEAT_INTERVAL_S": "2",
         "SILVASONIC_DEVELOPMENT_MODE": "false",
     }

@@ -21,7 +21,7 @@ STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN = STANDIN_DIR / "silvasonic-uploader"
 # The one line to change when the real worker (`silvasonic-uploader worker`, cli/worker.py)
 # is to run in the containers instead of the stand-in.
-USE_REAL_WORKER = False
+USE_REAL_WORKER = True
 REAL_WORKER_AVAILABLE = (ROOT / "cli" / "worker.py").exists()
 
 T = TypeVar("T")
@@ -33,6 +33,8 @@ def podman_client(socket_path: str) -> PodmanClient:
 
 def remove_all_containers(client: PodmanClient) -> None:
     for container in client.containers.list(all=True):
+        with contextlib.suppress(Exception):
+            container.kill(signal="SIGKILL")  # remove(force) would wait out the stop timeout
         with contextlib.suppress(Exception):
             container.remove(force=True)
 
@@ -134,6 +136,14 @@ class ControllerProcess:
                     out.append(record)
         return out
 
+    def wait_event(self, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
+        """The first log record of event ``name`` in this run, waiting for it to be written."""
+
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.events() if e.get("event") == name), None)
+
+        return wait_for(f"log event {name}", find, timeout_s=timeout_s)
+
     def event_names(self) -> list[str]:
         return [str(e.get("event")) for e in self.events()]
 
@@ -161,6 +171,23 @@ def heartbeat(redis_url: str, slug: str) -> dict[str, Any] | None:
     finally:
         client.close()
     return None if raw is None else dict(json.loads(raw))
+
+
+def declare_queue(redis_url: str, slug: str) -> None:
+    """Declare queue ``upload.<slug>`` as a worker does (kombu writes its binding keys)."""
+    from kombu import Connection, Exchange, Queue
+
+    name = f"upload.{slug}"
+    with Connection(redis_url) as conn:
+        Queue(name, Exchange(name), routing_key=name)(conn.default_channel).declare()
+
+
+def queue_keys_left(redis_url: str, slug: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return list(client.keys(f"*upload.{slug}*"))
+    finally:
+        client.close()
 
 
 def nudge(redis_url: str) -> None:

@@ -6,27 +6,30 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from podman.errors import APIError, NotFound
 from sqlalchemy.orm import Session
 
 from tests.factories import make_remote, set_config
 from tests.system.conftest import PodmanEnv
 from tests.system.helpers import (
+    declare_queue,
     heartbeat,
     nudge,
     podman_client,
+    queue_keys_left,
     running_controller,
     wait_for,
 )
 from uploader.db.models import StorageRemote
 
 MiB = 1024 * 1024
+NAME = "silvasonic-uploader-usb-a"
 
 
 def find_container(podman: PodmanEnv, name: str) -> Any | None:
@@ -73,7 +76,7 @@ def test_uploader_started_for_active_remote(
             lambda: running_container(clean_podman, "silvasonic-uploader-usb-a"),
         )
         beat = wait_for("its heartbeat", lambda: heartbeat(redis_url, "usb-a"), timeout_s=15)
-        assert "controller.container_started" in controller.event_names()
+        controller.wait_event("controller.container_started")
 
     labels = container.labels
     assert labels["io.silvasonic.tier"] == "2"
@@ -103,13 +106,11 @@ def test_uploader_stopped_when_remote_disabled(
     tmp_path: Path,
 ) -> None:
     add_local_remote(session, tmp_path, "usb-a")
-    client = redis.Redis.from_url(redis_url)
-    client.rpush("upload.usb-a", "a message for a remote that is about to go")
 
     with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
-        wait_for(
-            "the container", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
-        )
+        wait_for("the container", lambda: running_container(clean_podman, NAME))
+        declare_queue(redis_url, "usb-a")
+        assert queue_keys_left(redis_url, "usb-a")
 
         session.get_one(StorageRemote, "usb-a").is_active = False
         session.commit()
@@ -117,11 +118,11 @@ def test_uploader_stopped_when_remote_disabled(
 
         wait_for(
             "the container to be removed",
-            lambda: find_container(clean_podman, "silvasonic-uploader-usb-a") is None,
+            lambda: find_container(clean_podman, NAME) is None,
             timeout_s=30,
         )
         wait_for("the queue purge", lambda: "controller.queue_purged" in controller.event_names())
-    assert client.exists("upload.usb-a") == 0
+    assert queue_keys_left(redis_url, "usb-a") == []
 
 
 def test_global_pause_stops_workers_but_keeps_their_queues(
@@ -132,28 +133,26 @@ def test_global_pause_stops_workers_but_keeps_their_queues(
     tmp_path: Path,
 ) -> None:
     add_local_remote(session, tmp_path, "usb-a")
-    client = redis.Redis.from_url(redis_url)
-    client.rpush("upload.usb-a", "queued while paused")
 
-    with running_controller(podman_controller_env, tmp_path / "controller.log"):
-        wait_for(
-            "the container", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
-        )
+    with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
+        wait_for("the container", lambda: running_container(clean_podman, NAME))
+        declare_queue(redis_url, "usb-a")
         set_config(session, "uploader", {"enabled": False})
         session.commit()
         nudge(redis_url)
         wait_for(
             "the paused worker to be removed",
-            lambda: find_container(clean_podman, "silvasonic-uploader-usb-a") is None,
+            lambda: find_container(clean_podman, NAME) is None,
             timeout_s=30,
         )
+        time.sleep(2)  # more cycles while paused
+        assert queue_keys_left(redis_url, "usb-a")  # a pause is not a retirement
+        assert "controller.queue_purged" not in controller.event_names()
+
         set_config(session, "uploader", {"enabled": True})
         session.commit()
         nudge(redis_url)
-        wait_for(
-            "the worker back", lambda: running_container(clean_podman, "silvasonic-uploader-usb-a")
-        )
-    assert client.exists("upload.usb-a") == 1  # a pause is not a retirement
+        wait_for("the worker back", lambda: running_container(clean_podman, NAME))
 
 
 class KillMethod(Enum):
@@ -188,12 +187,12 @@ def test_uploader_crash_recovery(
             return current if current is not None and current.attrs["State"]["Pid"] != pid else None
 
         after = wait_for("the worker to run again", restarted, timeout_s=45)
-        events = controller.events()
+        if method is KillMethod.PODMAN_KILL:
+            recreated = controller.wait_event("controller.container_recreated")
 
     if method is KillMethod.PODMAN_KILL:
         assert after.id != before.id  # the controller recreated it
-        recreated = [e for e in events if e.get("event") == "controller.container_recreated"]
-        assert recreated and recreated[0]["reason"].startswith("not_running")
+        assert recreated["reason"] == "not_running:exited"
     else:
         assert after.id == before.id  # Podman's on-failure policy restarted it in place
         assert after.attrs["RestartCount"] >= 1

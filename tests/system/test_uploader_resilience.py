@@ -38,6 +38,14 @@ from uploader.db.models import StorageRemote
 NAME = "silvasonic-uploader-usb-a"
 
 
+def save_container_log(podman: PodmanEnv, name: str, folder: Path) -> None:
+    """Keep a worker's output beside the test's other logs (containers are removed after)."""
+    container = find_container(podman, name)
+    if container is not None:
+        output = b"".join(container.logs(stdout=True, stderr=True))
+        (folder / f"{name}.log").write_bytes(output)
+
+
 def test_uploader_survives_controller_restart(
     podman_controller_env: dict[str, str],
     clean_podman: PodmanEnv,
@@ -90,14 +98,13 @@ def test_config_drift_recreates_the_container(
             return current if current is not None and current.id != before.id else None
 
         after = wait_for("the container with the new limit", recreated)
-        events = controller.events()
+        drift = controller.wait_event("controller.container_recreated")
 
     assert before.attrs["HostConfig"]["Memory"] == 256 * MiB
     assert after.attrs["HostConfig"]["Memory"] == 200 * MiB
     assert after.labels["io.silvasonic.config_hash"] != before.labels["io.silvasonic.config_hash"]
     assert cgroup_v1_memory_limit(after.id) in (None, 200 * MiB)
-    drift = [e for e in events if e.get("event") == "controller.container_recreated"]
-    assert drift and drift[0]["reason"] == "config_drift"
+    assert drift["reason"] == "config_drift"
 
 
 def test_containers_of_other_services_are_left_alone(
@@ -122,7 +129,8 @@ def test_containers_of_other_services_are_left_alone(
     }
     for name, labels in others.items():
         client.containers.create(
-            image=clean_podman.image, name=name, command=["sleep", "600"], labels=labels,
+            image=clean_podman.image, name=name, labels=labels,
+            command=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
             volumes=volumes, network_mode="host", detach=True,
         ).start()  # fmt: skip
     add_local_remote(session, tmp_path, "usb-a")
@@ -160,7 +168,40 @@ def test_silent_podman_is_reported_and_survived(
 
         socket_link.symlink_to(clean_podman.socket)  # Podman answers now
         wait_for("the container", lambda: running_container(clean_podman, NAME))
-        assert "controller.backend_recovered" in controller.event_names()
+        controller.wait_event("controller.backend_recovered")
+
+
+def test_worker_with_a_failing_heartbeat_recreated_after_the_grace_period(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    add_local_remote(session, tmp_path, "usb-a")
+    env = {
+        **podman_controller_env,
+        "SILVASONIC_UPLOADER_HEARTBEAT_GRACE_S": "8",
+        "SILVASONIC_UPLOADER_HEARTBEAT_STALE_S": "4",
+        # the worker publishes once at start, then not for an hour: stale after 4 s
+        "SILVASONIC_HEARTBEAT_INTERVAL_S": "3600",
+    }
+
+    with running_controller(env, tmp_path / "controller.log") as controller:
+        first = wait_for("the container", lambda: running_container(clean_podman, NAME))
+        stopped = controller.wait_event("controller.container_stopped", timeout_s=60)
+
+        def replaced() -> object | None:
+            current = running_container(clean_podman, NAME)
+            return current if current is not None and current.id != first.id else None
+
+        wait_for("a fresh container", replaced)
+        problem = next(
+            e for e in controller.events()
+            if e.get("event") in ("controller.heartbeat_stale", "controller.heartbeat_missing")
+        )  # fmt: skip
+
+    assert stopped["reason"] in ("heartbeat_stale", "heartbeat_missing")
+    assert problem["running_for_s"] >= 8  # never before the grace period
 
 
 def test_python_module_entry_point_runs_the_same_loop(
@@ -220,7 +261,11 @@ def test_multi_remote_upload_independence(
                 ).scalar_one()
                 return bool(flagged == len(ids))
 
-            wait_for("every recording flagged uploaded", all_uploaded, timeout_s=240)
+            try:
+                wait_for("every recording flagged uploaded", all_uploaded, timeout_s=120)
+            finally:
+                for slug in ("usb-a", "usb-b"):
+                    save_container_log(clean_podman, f"silvasonic-uploader-{slug}", tmp_path)
     finally:
         os.killpg(dispatcher.pid, signal.SIGTERM)
         dispatcher.wait(30)
