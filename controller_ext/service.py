@@ -7,6 +7,7 @@ itself once given :class:`controller_ext.evaluator.UploaderEvaluator` (docs/cont
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import signal
 import tempfile
@@ -48,10 +49,19 @@ class ControllerSettings(BaseSettings):
     uploader_heartbeat_grace_s: float = DEFAULT_GRACE_S
     uploader_heartbeat_stale_s: float = DEFAULT_STALE_AFTER_S
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    # process backend: where workers' state files and logs live, and an optional command
-    # template ("prog args … {slug}") instead of `silvasonic-uploader worker --remote {slug}`
-    process_state_dir: Path = Path(tempfile.gettempdir()) / "silvasonic-uploader-workers"
+    # process backend: where workers' state files and logs live (default: a folder per
+    # database and Redis, so two controllers for two stations on one machine never adopt or
+    # remove each other's workers), and an optional command template ("prog args … {slug}")
+    # instead of `silvasonic-uploader worker --remote {slug}`
+    process_state_dir: Path | None = None
     process_worker_command: str | None = None
+
+    def state_dir_for(self, database_url: str) -> Path:
+        if self.process_state_dir is not None:
+            return self.process_state_dir
+        station = f"{database_url}|{self.redis_url.get_secret_value()}"
+        digest = hashlib.sha256(station.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / "silvasonic-uploader-workers" / digest
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -110,13 +120,14 @@ def select_backend(
         if settings.process_worker_command
         else None
     )
+    state_dir = settings.state_dir_for(database_url)
     backend = ProcessBackend(
-        settings.process_state_dir,
+        state_dir,
         command=command,
         database_url=database_url,
         redis_url=settings.redis_url.get_secret_value(),
     )
-    return backend, reason
+    return backend, f"{reason}; worker state and logs in {state_dir}"
 
 
 def build_loop(

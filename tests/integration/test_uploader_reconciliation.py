@@ -9,11 +9,12 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import kombu
 import pytest
 import redis
 import structlog
-from kombu import Connection, Exchange, Queue
 from sqlalchemy.orm import Session
 
 from controller_ext.evaluator import UploaderEvaluator
@@ -109,7 +110,7 @@ def test_nudge_wakes_the_subscriber(redis_url: str) -> None:
         time.sleep(0.3)
         assert not woken.is_set()  # only "reconcile" counts
 
-        assert send_nudge(client) == 1
+        assert send_nudge(client) >= 1  # pub/sub spans Redis databases: others may listen
         assert woken.wait(5)
     finally:
         subscriber.stop()
@@ -117,9 +118,10 @@ def test_nudge_wakes_the_subscriber(redis_url: str) -> None:
 
 def test_purge_removes_every_key_kombu_made_for_the_queue(redis_url: str) -> None:
     # given: queue upload.gone as Celery's Redis transport lays it out, with priorities
-    with Connection(redis_url) as conn:
+    k: Any = kombu  # kombu ships no type hints
+    with k.Connection(redis_url) as conn:
         for name in ("upload.gone", "upload.kept"):
-            queue = Queue(name, Exchange(name), routing_key=name, max_priority=9)
+            queue = k.Queue(name, k.Exchange(name), routing_key=name, max_priority=9)
             producer = conn.Producer()
             for priority in (0, 3, 9):
                 producer.publish({"n": priority}, exchange=queue.exchange, routing_key=name,

@@ -234,7 +234,8 @@ def _probe(env: PodmanEnv) -> None:
         )  # fmt: skip
         container.start()
         code = container.wait(timeout=60)
-        output = b"".join(container.logs(stdout=True, stderr=True)).decode(errors="replace")
+        logs: Any = container.logs(stdout=True, stderr=True)
+        output = b"".join(logs).decode(errors="replace")
         container.remove(force=True)
     except Exception as exc:
         _unusable(f"a probe container could not run: {type(exc).__name__}: {exc}")

@@ -175,11 +175,12 @@ def heartbeat(redis_url: str, slug: str) -> dict[str, Any] | None:
 
 def declare_queue(redis_url: str, slug: str) -> None:
     """Declare queue ``upload.<slug>`` as a worker does (kombu writes its binding keys)."""
-    from kombu import Connection, Exchange, Queue
+    import kombu
 
     name = f"upload.{slug}"
-    with Connection(redis_url) as conn:
-        Queue(name, Exchange(name), routing_key=name)(conn.default_channel).declare()
+    k: Any = kombu  # kombu ships no type hints
+    with k.Connection(redis_url) as conn:
+        k.Queue(name, k.Exchange(name), routing_key=name)(conn.default_channel).declare()
 
 
 def queue_keys_left(redis_url: str, slug: str) -> list[bytes]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -93,7 +94,7 @@ def test_config_drift_recreates_the_container(
     changed = {**podman_controller_env, "SILVASONIC_UPLOADER_MEMORY_LIMIT": "200m"}
     with running_controller(changed, log) as controller:
 
-        def recreated() -> object | None:
+        def recreated() -> Any | None:
             current = running_container(clean_podman, NAME)
             return current if current is not None and current.id != before.id else None
 
@@ -190,7 +191,7 @@ def test_worker_with_a_failing_heartbeat_recreated_after_the_grace_period(
         first = wait_for("the container", lambda: running_container(clean_podman, NAME))
         stopped = controller.wait_event("controller.container_stopped", timeout_s=60)
 
-        def replaced() -> object | None:
+        def replaced() -> Any | None:
             current = running_container(clean_podman, NAME)
             return current if current is not None and current.id != first.id else None
 

@@ -592,3 +592,155 @@ def test_queue_purged_only_when_the_remote_is_retired() -> None:
     assert sorted(i.device_id or "" for i in report.sync.removed) == ["gone", "paused"]
     assert report.purged == ["gone"]
     assert "upload.paused" in client.data and "upload.gone" not in client.data
+
+
+# -- backend details -------------------------------------------------------------------------
+
+
+def test_instance_from_a_sparse_list_entry_and_from_inspect() -> None:
+    from controller_ext.container_manager import instance_from_attrs
+
+    listed = instance_from_attrs(
+        {"Id": "abc", "Names": ["silvasonic-uploader-a"], "State": "exited",
+         "StartedAt": 1795726814, "Labels": {LABEL_SERVICE: "uploader"}}
+    )  # fmt: skip
+    inspected = instance_from_attrs(
+        {"Id": "abc", "Name": "/silvasonic-uploader-a",
+         "State": {"Status": "running", "StartedAt": "2026-11-26T21:00:14.38230319Z"},
+         "Config": {"Labels": {LABEL_SERVICE: "uploader"}}}
+    )  # fmt: skip
+
+    assert (listed.name, listed.status, listed.started_at) == (
+        "silvasonic-uploader-a",
+        "exited",
+        1795726814.0,
+    )
+    assert (inspected.name, inspected.is_running, inspected.service) == (
+        "silvasonic-uploader-a",
+        True,
+        "uploader",
+    )
+    assert inspected.started_at == pytest.approx(1795726814.382303)
+
+
+def test_never_started_container_has_no_start_time() -> None:
+    from controller_ext.container_manager import instance_from_attrs
+
+    created = instance_from_attrs(
+        {
+            "Id": "x",
+            "Name": "n",
+            "State": {"Status": "created", "StartedAt": "0001-01-01T00:00:00Z"},
+        }
+    )
+
+    assert created.started_at is None
+
+
+def test_process_environment_translated_to_this_machine() -> None:
+    from controller_ext.process_backend import translate_environment
+
+    spec = spec_for("a")
+
+    env = translate_environment(
+        spec,
+        database_url="postgresql+psycopg2://station:pw@127.0.0.1:6543/silva",
+        redis_url="redis://127.0.0.1:6379/3",
+        health_port=40123,
+    )
+
+    assert env["SILVASONIC_RECORDER_WORKSPACE"] == "/srv/silvasonic/recorder"
+    assert env["SILVASONIC_DB_HOST"] == env["POSTGRES_HOST"] == "127.0.0.1"
+    assert env["SILVASONIC_DB_PORT"] == env["POSTGRES_PORT"] == "6543"
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
+        "station",
+        "pw",
+        "silva",
+    )
+    assert env["SILVASONIC_REDIS_URL"] == "redis://127.0.0.1:6379/3"
+    assert env["SILVASONIC_HEALTH_PORT"] == "40123"
+    assert env["SILVASONIC_STORAGE_REMOTE_SLUG"] == "a"
+
+
+def test_process_command_template() -> None:
+    from controller_ext.process_backend import command_from_template, default_worker_command
+
+    spec = spec_for("usb-a")
+
+    assert command_from_template("python /x/standin worker --remote {slug}")(spec) == [
+        "python", "/x/standin", "worker", "--remote", "usb-a",
+    ]  # fmt: skip
+    default = default_worker_command(spec)
+    assert default[0].endswith("silvasonic-uploader") and default[1:] == [
+        "worker",
+        "--remote",
+        "usb-a",
+    ]
+
+
+class FakeManager:
+    def __init__(self, socket_path: str, ping: bool = True, image: bool = True, net: bool = True):
+        self.socket_path = socket_path
+        self._ping, self._image, self._net = ping, image, net
+
+    def ping(self) -> bool:
+        return self._ping
+
+    def image_exists(self, image: str) -> bool:
+        return self._image
+
+    def network_exists(self, network: str) -> bool:
+        return self._net
+
+
+@pytest.mark.parametrize(
+    ("manager_kw", "env_kw", "db_host", "expected"),
+    [
+        ({"ping": False}, {}, "database", "does not answer"),
+        ({"image": False}, {}, "database", "is not on this machine"),
+        ({"net": False}, {}, "database", "network silvasonic-net does not exist"),
+        ({}, {}, "127.0.0.1", "database is on this machine's loopback"),
+        ({}, {"network_mode": "host"}, "127.0.0.1", None),
+        ({}, {"redis_url": "redis://redis:6379/0"}, "database", None),
+    ],
+)
+def test_podman_obstacle(
+    tmp_path: Any, manager_kw: dict[str, bool], env_kw: dict[str, str], db_host: str,
+    expected: str | None,
+) -> None:  # fmt: skip
+    from controller_ext.service import podman_obstacle
+
+    socket_path = tmp_path / "podman.sock"
+    socket_path.touch()
+    settings: dict[str, Any] = {"redis_url": "redis://redis:6379/0", **env_kw}
+    env = UploaderEnvConfig(workspace_path="/srv", **settings)
+
+    obstacle = podman_obstacle(
+        FakeManager(str(socket_path), **manager_kw),  # type: ignore[arg-type]
+        env,
+        f"postgresql+psycopg2://u:p@{db_host}:5432/db",
+    )
+
+    assert (obstacle is None) if expected is None else (expected in (obstacle or ""))
+
+
+def test_podman_obstacle_without_a_socket(tmp_path: Any) -> None:
+    from controller_ext.service import podman_obstacle
+
+    env = UploaderEnvConfig(workspace_path="/srv")
+    manager = FakeManager(str(tmp_path / "none.sock"))
+
+    assert "no Podman socket" in (podman_obstacle(manager, env, "postgresql://h/db") or "")  # type: ignore[arg-type]
+
+
+def test_process_state_dir_is_per_station(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller_ext.service import ControllerSettings
+
+    a = ControllerSettings(redis_url="redis://127.0.0.1:6379/0")
+    b = ControllerSettings(redis_url="redis://127.0.0.1:6379/1")
+    pinned = ControllerSettings(process_state_dir="/var/lib/w")
+
+    assert a.state_dir_for("postgresql://h/one") != a.state_dir_for("postgresql://h/two")
+    assert a.state_dir_for("postgresql://h/one") != b.state_dir_for("postgresql://h/one")
+    assert a.state_dir_for("postgresql://h/one") == a.state_dir_for("postgresql://h/one")
+    assert str(pinned.state_dir_for("postgresql://h/one")) == "/var/lib/w"
