@@ -99,7 +99,7 @@ def select_backend(
     """Podman where it can run our workers, else local processes; returns the backend and
     why. ``SILVASONIC_CONTROLLER_BACKEND=podman|process`` forces one."""
     database_url = DatabaseSettings().url
-    forced = "forced by SILVASONIC_CONTROLLER_BACKEND"
+    forced = "chosen by --backend or SILVASONIC_CONTROLLER_BACKEND"
     if settings.controller_backend == "podman":
         return ContainerManager(settings.container_socket), forced
     if settings.controller_backend == "auto":
@@ -158,7 +158,8 @@ def run_controller(
     stop_event: threading.Event | None = None,
 ) -> int:
     """Run the loop until SIGTERM/SIGINT (or ``stop_event``); workers are left running.
-    With ``once``, run a single cycle and return 0 when it succeeded, 1 otherwise."""
+    With ``once``, run a single cycle and return 0 when it succeeded (every evaluator
+    included), 1 otherwise."""
     settings = settings or ControllerSettings()
     if backend is None:
         backend, reason = select_backend(settings)
@@ -166,7 +167,8 @@ def run_controller(
     loop, client = build_loop(settings, backend)
     try:
         if once:
-            return 0 if loop.run_once().ok else 1
+            report = loop.run_once()
+            return 0 if report.ok and not report.failed_services else 1
         nudges = NudgeSubscriber(settings.redis_url.get_secret_value(), loop.trigger)
         nudges.start()
         if threading.current_thread() is threading.main_thread():
