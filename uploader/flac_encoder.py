@@ -5,10 +5,18 @@ The only module that drives ffmpeg and libsndfile and maps their failures onto
 ``ffmpeg`` (the seed's subprocess, about 50 ms of start-up per file) and ``libflac`` (in-process
 through soundfile/libsndfile, no start-up: 5–12× faster on 10 s segments, measurements.md §2).
 
-Every output is decoded again and compared sample by sample with its WAV, whichever engine made
-it, because ffmpeg was seen to lose audio while reporting success: it silently truncates 32-bit
-WAVs to 24 bits, and ffmpeg 5.1 exits 0 after "No space left on device" with a cut-off file.
-The check costs a few milliseconds in-process. See docs/encoding.md.
+Every ffmpeg output is decoded again and compared sample by sample with its WAV, because ffmpeg
+was seen to lose audio while reporting success: it silently truncates 32-bit WAVs to 24 bits,
+and ffmpeg 5.1 exits 0 after "No space left on device" with a cut-off file. See docs/encoding.md.
+
+libflac outputs get the same full check when ``SILVASONIC_FLAC_VERIFY=full``. The default,
+``fast``, checks a libflac output of a 16- or 24-bit WAV by its STREAMINFO (rate, channels,
+bits, frame count) and by decoding its last block against the WAV's: libFLAC through libsndfile
+maps those formats one to one (the tests decode every format the recorders produce and compare
+it sample by sample), so what a per-file check can still catch is a file cut short or not
+finished (a full disk), and a cut-off file cannot decode its end. A full decode costs about as
+much as the encode itself (bench/README.md: it doubled the encode step, ~10 % of a pair);
+other sources (8- and 32-bit WAVs, where the mapping may lose bits) are always checked in full.
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from uploader.redact import redact
 ENGINES = ("ffmpeg", "libflac")
 ENGINE_ENV = "SILVASONIC_FLAC_ENGINE"
 FFMPEG_ENV = "SILVASONIC_FFMPEG_BINARY"
-#: the seed's engine; switch to ``libflac`` once issue 7's end-to-end figures confirm it
-DEFAULT_ENGINE = "ffmpeg"
+#: in-process libFLAC: about 10× less CPU than ffmpeg's process per 10 s file (bench/README.md)
+DEFAULT_ENGINE = "libflac"
+VERIFY_ENV = "SILVASONIC_FLAC_VERIFY"
+VERIFY_MODES = ("fast", "full")
+DEFAULT_VERIFY = "fast"
 #: unfinished outputs end so; only :func:`remove_partial_outputs` and a failing encode delete them
 PARTIAL_SUFFIX = ".partial.flac"
 FLAC_MAGIC = b"fLaC"
@@ -45,6 +56,8 @@ FLAC_MAGIC = b"fLaC"
 # Frames per read/write/compare step: memory stays bounded (≤ 2 MiB per block at 8 channels of
 # int32) whatever the file's length, far below the worker's 256 MB limit.
 _BLOCK_FRAMES = 65_536
+# the "fast" check decodes this many frames at the end of a libflac output (several FLAC frames)
+_TAIL_FRAMES = 8_192
 # How ffmpeg (strerror) says the output side is full, whatever its exit status.
 _SPACE_MARKERS = ("No space left on device", "Disk quota exceeded")
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -60,6 +73,8 @@ _PCM_PLAN: dict[str, tuple[str, str]] = {
 }
 
 _SIXTEEN_BITS_OR_LESS = {"PCM_U8", "PCM_S8", "PCM_16"}
+# sources whose libflac output is checked by STREAMINFO and its last block in "fast" mode
+_FAST_CHECKED = {"PCM_16", "PCM_24"}
 
 _log = structlog.get_logger("uploader.flac_encoder")
 
@@ -75,13 +90,23 @@ class _Source:
 
 
 def default_engine() -> str:
-    """The engine named by ``SILVASONIC_FLAC_ENGINE`` (default ``ffmpeg``).
+    """The engine named by ``SILVASONIC_FLAC_ENGINE`` (default ``libflac``).
 
     Raises ValueError for an unknown name: a deployment mistake, refused loudly at the first
     encode rather than silently replaced by another engine.
     """
     name = os.environ.get(ENGINE_ENV, "").strip().lower() or DEFAULT_ENGINE
     return _check_engine(name, ENGINE_ENV)
+
+
+def verify_mode() -> str:
+    """``SILVASONIC_FLAC_VERIFY`` (``fast`` or ``full``, default ``fast``); it applies to the
+    libflac engine only: ffmpeg's outputs are always checked in full. Raises ValueError for an
+    unknown value (a deployment mistake, refused loudly)."""
+    name = os.environ.get(VERIFY_ENV, "").strip().lower() or DEFAULT_VERIFY
+    if name not in VERIFY_MODES:
+        raise ValueError(f"{VERIFY_ENV}={name!r} is unknown; use one of {', '.join(VERIFY_MODES)}")
+    return name
 
 
 def resolve_ffmpeg() -> str:
@@ -168,6 +193,7 @@ def encode_wav_to_flac(
             for another reason — an environment problem, never classified as the file's.
     """
     name = _check_engine(engine, "engine") if engine is not None else default_engine()
+    full_check = name == "ffmpeg" or verify_mode() == "full"
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, not {timeout_s}")
     started = time.monotonic()
@@ -184,7 +210,7 @@ def encode_wav_to_flac(
                 _run_ffmpeg(wav_path, partial, deadline)
             else:
                 _run_libflac(wav_path, partial, source, deadline)
-            _check_output(wav_path, partial, source)
+            _check_output(wav_path, partial, source, full=full_check)
             os.replace(partial, final)
         except FlacEncodingError as exc:
             # a write cut short by a full disk shows up as a broken or short FLAC: not the WAV's
@@ -345,14 +371,17 @@ def _run_libflac(wav_path: Path, partial: Path, source: _Source, deadline: float
                     raise FlacEncodingError(f"encoding {wav_path.name!r} did not finish in time")
 
 
-def _check_output(wav_path: Path, partial: Path, source: _Source) -> None:
+def _check_output(wav_path: Path, partial: Path, source: _Source, *, full: bool = True) -> None:
     if partial.stat().st_size == 0:
         raise FlacEncodingError(f"the encoder wrote nothing for {wav_path.name!r}")
     with partial.open("rb") as f:
         magic = f.read(len(FLAC_MAGIC))
     if magic != FLAC_MAGIC:
         raise FlacEncodingError(f"the encoder's output for {wav_path.name!r} is not FLAC")
-    mismatch = _mismatch(wav_path, partial)
+    if full or source.subtype not in _FAST_CHECKED:
+        mismatch = _mismatch(wav_path, partial)
+    else:
+        mismatch = _tail_mismatch(wav_path, partial)
     if mismatch is not None:
         hint = (
             " (32-bit samples using more than 24 bits cannot be stored by these engines)"
@@ -360,6 +389,32 @@ def _check_output(wav_path: Path, partial: Path, source: _Source) -> None:
             else ""
         )
         raise FlacEncodingError(f"FLAC of {wav_path.name!r} is not lossless: {mismatch}{hint}")
+
+
+def _tail_mismatch(wav_path: Path, flac_path: Path) -> str | None:
+    """The "fast" check: same format and frame count (STREAMINFO), and the last block decodes
+    to the WAV's last block (a file cut short or never finished cannot)."""
+    try:
+        with sf.SoundFile(wav_path) as a, sf.SoundFile(flac_path) as b:
+            if (a.samplerate, a.channels, a.frames) != (b.samplerate, b.channels, b.frames):
+                return (
+                    f"format differs: {a.samplerate} Hz × {a.channels} ch × {a.frames} frames "
+                    f"in the WAV, {b.samplerate} Hz × {b.channels} ch × {b.frames} in the FLAC"
+                )
+            start = max(0, a.frames - _TAIL_FRAMES)
+            dtype = "int16" if a.subtype == "PCM_16" and b.subtype == "PCM_16" else "int32"
+            a.seek(start)
+            b.seek(start)
+            x = a.read(dtype=dtype, always_2d=True)
+            y = b.read(dtype=dtype, always_2d=True)
+            if x.shape != y.shape or len(x) != a.frames - start:
+                return f"length differs after frame {start + min(len(x), len(y))}"
+            if not np.array_equal(x, y):
+                first = int(np.argmax(np.any(x != y, axis=1)))
+                return f"samples differ from frame {start + first}"
+            return None
+    except (sf.SoundFileError, OSError, RuntimeError) as exc:
+        return f"cannot decode: {exc}"
 
 
 def _mismatch(wav_path: Path, flac_path: Path) -> str | None:

@@ -415,7 +415,7 @@ def test_failure_is_logged(tmp_path: Path, out_dir: Path) -> None:
 
 def test_default_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SILVASONIC_FLAC_ENGINE", raising=False)
-    assert default_engine() == "ffmpeg"
+    assert default_engine() == "libflac"  # issue 7: ~10x less CPU per file (bench/README.md)
     monkeypatch.setenv("SILVASONIC_FLAC_ENGINE", " LibFLAC ")
     assert default_engine() == "libflac"
 
