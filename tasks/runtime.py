@@ -16,12 +16,16 @@ import redis
 
 from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
-from uploader.rclone_client import RcloneClient
+from uploader.rclone_client import TRANSPORT_ENV, RcloneClient
 from uploader.remotes import config_fingerprint
 from uploader.settings import UploaderServiceSettings
 from uploader.upload_stats import UploadStats
 
 TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
+#: the worker's rclone transport unless SILVASONIC_RCLONE_TRANSPORT says otherwise: one
+#: long-lived ``rclone rcd`` per worker costs 2-6 ms per file against 40-50 ms for a process per
+#: file (bench/README.md). ``RcloneClient`` itself keeps ``cli`` for one-off callers.
+WORKER_TRANSPORT = "rcd"
 
 
 def worker_temp_dir(remote_slug: str) -> Path:
@@ -47,7 +51,13 @@ class Runtime:
             return cached[1]
         if cached is not None:
             cached[1].close()
-        client = RcloneClient(remote.slug, remote.type, remote.config, remote.target_path)
+        client = RcloneClient(
+            remote.slug,
+            remote.type,
+            remote.config,
+            remote.target_path,
+            transport=os.environ.get(TRANSPORT_ENV) or WORKER_TRANSPORT,
+        )
         self._clients[remote.slug] = (fingerprint, client)
         return client
 
