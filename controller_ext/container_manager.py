@@ -248,13 +248,16 @@ class ContainerManager:
                 )
 
     def stop(self, name: str, timeout_s: float | None = None) -> None:
-        """Stop ``name`` (SIGTERM, then SIGKILL after the timeout). A missing container is
-        already stopped."""
+        """Stop ``name`` (SIGTERM, then SIGKILL after ``timeout_s``, by default the container's
+        own stop timeout). A missing or stopped container is already stopped."""
         container = self._find(name)
         if container is None or container.status not in ("running", "paused", "restarting"):
             return
+        if timeout_s is None:  # the container's own stop timeout, set from its spec
+            configured = (container.attrs.get("Config") or {}).get("StopTimeout")
+            timeout_s = float(configured) if configured else STOP_TIMEOUT_S
         try:
-            container.stop(timeout=int(timeout_s if timeout_s is not None else STOP_TIMEOUT_S))
+            container.stop(timeout=int(timeout_s), ignore=True)
         except (NotFound, ValueError):
             # ValueError: podman-py decodes the empty 304 body of "already stopped" as JSON
             return

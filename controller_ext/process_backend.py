@@ -276,13 +276,15 @@ class ProcessBackend:
             "started_at": time.time(),
             "labels": dict(spec.labels),
             "health_port": port,
+            "stop_timeout_s": spec.stop_timeout_s,
             "argv0": argv[0] if argv else "",
         }
         self._write_state(spec.name, state)
         return self._instance(state)
 
     def stop(self, name: str, timeout_s: float | None = None) -> None:
-        """SIGTERM the worker's process group, SIGKILL it after ``timeout_s``."""
+        """SIGTERM the worker's process group, SIGKILL it after ``timeout_s`` (by default the
+        stop timeout of the spec it was started from)."""
         state = self._read_state(self._state_path(name))
         if state is None or not self._alive(name, state):
             self._children.pop(name, None)
@@ -290,7 +292,9 @@ class ProcessBackend:
         pid = int(state["pid"])
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else STOP_TIMEOUT_S)
+        if timeout_s is None:  # the worker's own stop timeout, recorded from its spec
+            timeout_s = float(state.get("stop_timeout_s") or STOP_TIMEOUT_S)
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._alive(name, state):
             time.sleep(0.1)
         if self._alive(name, state):

@@ -744,3 +744,15 @@ def test_process_state_dir_is_per_station(monkeypatch: pytest.MonkeyPatch) -> No
     assert a.state_dir_for("postgresql://h/one") != b.state_dir_for("postgresql://h/one")
     assert a.state_dir_for("postgresql://h/one") == a.state_dir_for("postgresql://h/one")
     assert str(pinned.state_dir_for("postgresql://h/one")) == "/var/lib/w"
+
+
+def test_controller_ext_never_imports_celery() -> None:
+    """design.md §3: the controller extension must run where Celery is not installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, controller_ext.service, cli.controller;"
+        "sys.exit(any(m.split('.')[0] in ('celery', 'kombu') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
