@@ -12,6 +12,31 @@
 #       run as given
 set -euo pipefail
 
+# Secrets may be given as files (compose `secrets:`, mounted under /run/secrets) instead of
+# values: for each NAME below, NAME_FILE names a file whose content (trailing newlines dropped)
+# becomes NAME in the environment of the command. So a value never appears on any command line,
+# not even podman's (podman-compose passes `environment:` as `podman create -e NAME=value`).
+FILE_VARIABLES=(POSTGRES_PASSWORD SILVASONIC_DATABASE_URL SILVASONIC_REDIS_URL SILVASONIC_ENCRYPTION_KEY FLOWER_BASIC_AUTH)
+
+for name in "${FILE_VARIABLES[@]}"; do
+  file_var="${name}_FILE"
+  path="${!file_var:-}"
+  if [[ -z "$path" ]]; then
+    continue
+  fi
+  if [[ -n "${!name:-}" ]]; then
+    echo "silvasonic-uploader: both ${name} and ${file_var} are set; keep one of them." >&2
+    exit 64 # EX_USAGE
+  fi
+  if [[ ! -r "$path" ]]; then
+    echo "silvasonic-uploader: ${file_var} names ${path}, which cannot be read (is the secret mounted?)." >&2
+    exit 66 # EX_NOINPUT
+  fi
+  value="$(<"$path")"
+  export "${name}=${value}"
+  unset "${file_var}" value
+done
+
 # the commands of `silvasonic-uploader` (cli/main.py COMMANDS; a unit test keeps them equal)
 COMMANDS=(beat controller db demo parked remotes run secrets status worker)
 

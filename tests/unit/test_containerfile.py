@@ -106,10 +106,10 @@ def fake_bin(tmp_path: Path) -> Path:
 
 
 def run_entrypoint(
-    fake_bin: Path, *args: str, slug: str | None = None
+    fake_bin: Path, *args: str, slug: str | None = None, extra_env: dict[str, str] | None = None
 ) -> tuple[int, int, str, str]:
     """(the script's pid, exit code, stdout, stderr)."""
-    env = {"PATH": f"{fake_bin}:/usr/bin:/bin"}
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", **(extra_env or {})}
     if slug is not None:
         env["SILVASONIC_STORAGE_REMOTE_SLUG"] = slug
     proc = subprocess.Popen(
@@ -169,6 +169,39 @@ def test_other_commands_pass_through(fake_bin: Path, args: list[str], expected: 
     pid, code, out, _ = run_entrypoint(fake_bin, *args, slug="ignored")
     assert code == 0
     assert out == f"{pid} {expected}"
+
+
+SHOW_ENV = 'echo "pw=${POSTGRES_PASSWORD-unset} auth=${FLOWER_BASIC_AUTH-unset} file=${FLOWER_BASIC_AUTH_FILE-unset}"'
+
+
+def test_secret_files_become_environment_variables_never_arguments(
+    fake_bin: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("db-secret\n")
+    (tmp_path / "auth").write_text("silvasonic:flower-secret\n\n")
+    files = {"POSTGRES_PASSWORD_FILE": str(tmp_path / "pw"),
+             "FLOWER_BASIC_AUTH_FILE": str(tmp_path / "auth")}  # fmt: skip
+
+    _, code, out, _ = run_entrypoint(fake_bin, "sh", "-c", SHOW_ENV, extra_env=files)
+    assert code == 0
+    assert out == "pw=db-secret auth=silvasonic:flower-secret file=unset"
+
+    # the worker is started with the same environment; its arguments carry no secret
+    pid, code, out, _ = run_entrypoint(fake_bin, slug="nas", extra_env=files)
+    assert (code, out) == (0, f"{pid} silvasonic-uploader worker --remote nas")
+
+
+def test_a_secret_given_twice_or_unreadable_is_refused(fake_bin: Path, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("x")
+    both = {"POSTGRES_PASSWORD": "y", "POSTGRES_PASSWORD_FILE": str(tmp_path / "pw")}
+    _, code, out, err = run_entrypoint(fake_bin, "status", extra_env=both)
+    assert (code, out) == (64, "")
+    assert "both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" in err
+
+    missing = {"SILVASONIC_ENCRYPTION_KEY_FILE": str(tmp_path / "nope")}
+    _, code, out, err = run_entrypoint(fake_bin, "status", extra_env=missing)
+    assert (code, out) == (66, "")
+    assert "is the secret mounted?" in err
 
 
 def test_the_scripts_command_list_is_the_clis() -> None:
