@@ -86,7 +86,9 @@ def stop_leftover(pid: int, marker: str, sig: int = signal.SIGTERM) -> bool:
 
 
 def display_url(url: str) -> str:
-    """A URL to print: no password (``***`` where there is one)."""
+    """A URL to print: the password (if any) masked, the user name kept."""
+    if url.startswith("postgresql"):
+        return make_url(url).render_as_string(hide_password=True)
     return redact(url)
 
 
@@ -183,7 +185,8 @@ class LocalRun:
     """
 
     data: DataDir
-    embedded_only: bool = False  # demo: never touch a configured database or Redis
+    # demo: never touch a configured database, Redis, workspace or temp dir
+    isolated: bool = False
     fresh: bool = False  # demo: empty the data folder first
     own_log: str = "run"  # logs/<own_log>.log holds this process's own log lines
     echo: Callable[[str], None] = click.echo
@@ -214,6 +217,9 @@ class LocalRun:
             self.data.marker.touch()
             self.prepare_folders()
             self._start_servers()
+        except (RuntimeError, OSError, subprocess.CalledProcessError, psycopg2.Error) as exc:
+            self.close()
+            raise click.ClickException(f"could not start: {exc} (see {self.data.root})") from exc
         except BaseException:
             self.close()
             raise
@@ -284,7 +290,7 @@ class LocalRun:
     def prepare_folders(self) -> None:
         for folder in (self.data.logs, self.data.temp, self.data.workers, self.data.station):
             folder.mkdir(parents=True, exist_ok=True)
-        configured = os.environ.get(WORKSPACE_ENV_VAR)
+        configured = None if self.isolated else os.environ.get(WORKSPACE_ENV_VAR)
         self.workspace = Path(configured).resolve() if configured else self.data.workspace
         self.workspace.mkdir(parents=True, exist_ok=True)
         # the controller mounts <SILVASONIC_WORKSPACE_PATH>/recorder into each worker; the
@@ -303,8 +309,8 @@ class LocalRun:
         return port
 
     def _start_servers(self) -> None:
-        configured_db = not self.embedded_only and any(os.environ.get(v) for v in DB_ENV_VARS)
-        configured_redis = not self.embedded_only and bool(os.environ.get(REDIS_ENV_VAR))
+        configured_db = not self.isolated and any(os.environ.get(v) for v in DB_ENV_VARS)
+        configured_redis = not self.isolated and bool(os.environ.get(REDIS_ENV_VAR))
         if configured_db:
             self.database_url = DatabaseSettings().url
             self._check_schema()
@@ -368,7 +374,9 @@ class LocalRun:
             "SILVASONIC_WORKSPACE_PATH": str(self.data.station),
             "SILVASONIC_CONTROLLER_BACKEND": "process",
             "SILVASONIC_PROCESS_STATE_DIR": str(self.data.workers),
-            "SILVASONIC_TEMP_DIR": os.environ.get("SILVASONIC_TEMP_DIR") or str(self.data.temp),
+            "SILVASONIC_TEMP_DIR": str(self.data.temp)
+            if self.isolated
+            else os.environ.get("SILVASONIC_TEMP_DIR") or str(self.data.temp),
             "PYTHONUNBUFFERED": "1",
         }
         env.update(self.extra_env)
@@ -448,7 +456,10 @@ class LocalRun:
             thread.join(WORKER_STOP_TIMEOUT_S + 10)
 
     def close(self) -> None:
-        """Idempotent: workers, then added clean-ups, then Redis, then PostgreSQL."""
+        """Idempotent: workers, then added clean-ups, then Redis, then PostgreSQL. Nothing
+        without the lock: then the folder is another run's."""
+        if self._lock is None:
+            return
         with contextlib.suppress(Exception):
             self.stop_workers()
         while self._cleanups:
@@ -532,10 +543,10 @@ def run(data_dir: Path, with_flower: bool, flower_port: int, loglevel: str) -> N
     data = DataDir(data_dir.resolve())
     data.root.mkdir(parents=True, exist_ok=True)
     with logs_to(data.root / "logs" / "run.log"):
+        click.echo("silvasonic-uploader run")
         try:
             with LocalRun(data, flower_port=flower_port if with_flower else None) as local:
                 sup = local.supervisor(loglevel)
-                click.echo("silvasonic-uploader run")
                 for line in local.banner():
                     click.echo(line)
                 click.echo("Running. Ctrl-C stops everything (nothing is lost).")
