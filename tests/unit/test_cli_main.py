@@ -1,5 +1,6 @@
 """The command line's front door: ``--help`` lists the commands that exist (without importing
-them), ``--version``, unknown commands, the ``demo`` placeholder and the ``secrets`` helpers."""
+them), ``--version``, unknown commands, the options of ``demo``/``run`` and the ``secrets``
+helpers."""
 
 from __future__ import annotations
 
@@ -78,10 +79,18 @@ def test_version(runner: CliRunner) -> None:
     assert "0.6.0" in result.output
 
 
-def test_demo_says_not_yet(runner: CliRunner) -> None:
-    result = runner.invoke(main, ["demo"])
-    assert result.exit_code == 1
-    assert "not yet" in result.output
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("demo", {"--recordings", "--data-dir", "--timeout", "--flower"}),
+        ("run", {"--data-dir", "--flower", "--flower-port"}),
+    ],
+)
+def test_demo_and_run_help(runner: CliRunner, command: str, options: set[str]) -> None:
+    # only --help: the commands themselves start servers (tests/smoke/test_run_demo.py)
+    result = runner.invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert all(option in result.output for option in options)
 
 
 def test_db_help_lists_upgrade_and_check(runner: CliRunner) -> None:
