@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 import click
@@ -211,7 +212,7 @@ def add(
     wanted = _required_secret_fields(spec) | _checked_names(secret_names, remote_type, spec)
     supplied = _read_secrets(slug, remote_type, spec, wanted, secrets_from_stdin)
     config.update(_store_secrets(supplied, key))
-    _validate(slug, remote_type, config)
+    _validate(slug, remote_type, config, target_path)
     with operator_session() as session:
         _refuse_existing(session, slug)
         session.add(
@@ -299,13 +300,15 @@ def set_cmd(
             if config.pop(field, None) is None:
                 raise click.BadParameter(f"{field!r} is not set", param_hint="--unset")
         encrypted_now = _encrypt_in_place(config, spec, key) if encrypt_secrets else []
-        _validate(slug, remote_type, config)
+        new_target = row.target_path
+        if clear_target_path or target_path is not None:
+            new_target = None if clear_target_path else target_path
+        _validate(slug, remote_type, config, new_target)
         changes: list[str] = []
         if name is not None and name != row.name:
             row.name = name
             changes.append("name")
-        new_target = None if clear_target_path else target_path
-        if (clear_target_path or target_path is not None) and new_target != row.target_path:
+        if new_target != row.target_path:
             row.target_path = new_target
             changes.append("target_path")
         if config != (row.config or {}):
@@ -473,11 +476,18 @@ def _secret_summary(supplied: Mapping[str, str], key: str | None) -> dict[str, A
     return {"secrets_set": sorted(supplied), "encrypted": bool(supplied) and key is not None}
 
 
-def _validate(slug: str, remote_type: str, config: dict[str, Any]) -> None:
+def _validate(slug: str, remote_type: str, config: dict[str, Any], target_path: str | None) -> None:
+    """The config rules of ``uploader.remotes``, plus what the controller needs to give the
+    remote a worker: a ``local`` remote's folder is an absolute ``target_path``."""
     try:
         validate_remote_config(slug, remote_type, config)
     except RemoteConfigInvalid as exc:
         raise click.ClickException(f"{exc}; nothing was saved") from None
+    if remote_type == "local" and not PurePosixPath(target_path or "").is_absolute():
+        raise click.ClickException(
+            f"remote {slug!r}: a local remote writes into --target-path, which must be an "
+            f"absolute folder on this station (e.g. /mnt/usb); nothing was saved"
+        )
 
 
 # -- activate / deactivate / remove ---------------------------------------------------------

@@ -192,6 +192,22 @@ def test_invalid_config_is_refused_naming_the_field_not_the_value(
         assert s.get(StorageRemote, "box") is None
 
 
+def test_a_local_remote_needs_an_absolute_target_path(
+    env: pytest.MonkeyPatch, factory: sessionmaker[Session]
+) -> None:
+    for target in ([], ["--target-path", "usb/archive"]):
+        refused = run(["remotes", "add", "usb", "--type", "local", "--name", "USB", *target])
+        assert refused.exit_code == 1
+        assert "must be an absolute folder on this station" in refused.stderr
+    assert run(["remotes", "add", "usb", "--type", "local", "--name", "USB",
+                "--target-path", "/mnt/usb"]).exit_code == 0  # fmt: skip
+    cleared = run(["remotes", "set", "usb", "--clear-target-path"])
+    assert cleared.exit_code == 1 and "nothing was saved" in cleared.stderr
+    with factory() as s:
+        row = s.get(StorageRemote, "usb")
+        assert row is not None and row.target_path == "/mnt/usb"
+
+
 def test_list_masks_every_secret(env: pytest.MonkeyPatch, factory: sessionmaker[Session]) -> None:
     key = generate_key()
     env.setenv("SILVASONIC_ENCRYPTION_KEY", key)
