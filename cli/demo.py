@@ -24,7 +24,8 @@ from sqlalchemy import Engine, create_engine, pool, text
 
 from cli import demo_station as station
 from cli.flower import DEFAULT_PORT
-from cli.run import DataDir, LocalRun, logs_to, supervise
+from cli.local_run import DataDir, LocalRun
+from cli.run import build_supervisor, logs_to, supervise
 
 DEFAULT_DATA_DIR = Path(".silvasonic") / "demo"
 # quicker than a station: beat every second, the controller reconciles every second
@@ -295,7 +296,7 @@ def demo(
             click.echo(f"  ignoring {var}: the demo uses its own embedded servers only")
     local = LocalRun(
         data,
-        embedded_only=True,
+        isolated=True,
         fresh=True,
         own_log="demo",
         extra_env={**DEMO_ENV, "SILVASONIC_FLAC_ENGINE": flac_engine},
@@ -338,7 +339,7 @@ def _demo(
             click.echo(f"  writing {count} × {station.SEGMENT_S} s of synthetic field audio …")
             recordings = station.write_recordings(engine, local.workspace, count)
             encrypted = station.write_remotes(engine, webdav, data.root / "remotes" / "usb")
-            sup = local.supervisor()
+            sup = build_supervisor(local)
             for line in local.banner():
                 click.echo(line)
             stored = "encrypted" if encrypted else "in plain text (no SILVASONIC_ENCRYPTION_KEY)"
