@@ -175,12 +175,15 @@ def _flac_paths(engine: Engine, slug: str, served_root: Path | None) -> dict[int
 def check_lossless(
     workspace: Path, recordings: list[station.DemoRecording], flacs: dict[int, Path]
 ) -> list[str]:
-    """Problems found (empty: every FLAC holds exactly its WAV's samples)."""
+    """Problems found with the uploaded ones (``flacs``: recording id -> where its FLAC is);
+    empty when every FLAC is there and holds exactly its WAV's samples."""
     problems = []
     for rec in recordings:
         flac = flacs.get(rec.id)
-        if flac is None or not flac.is_file():
-            problems.append(f"recording {rec.id}: no FLAC at {flac}")
+        if flac is None:
+            continue  # not uploaded: counted by the caller
+        if not flac.is_file():
+            problems.append(f"recording {rec.id}: uploaded, but there is no {flac}")
             continue
         wav, _ = sf.read(str(workspace / rec.file_raw), dtype="int16")
         decoded, _ = sf.read(str(flac), dtype="int16")
@@ -359,7 +362,7 @@ def _demo(
             table, problems = closing_table(engine, local, webdav, recordings, t0)
             if monitor.outcome == "timeout":
                 problems.insert(0, f"not finished within {timeout_s:.0f} s")
-                problems += diagnose(engine, local)
+                table += ["", "What to look at:", *diagnose(engine, local)]
             return monitor.outcome, table, problems
         finally:
             engine.dispose()
