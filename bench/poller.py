@@ -44,7 +44,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from uploader import audit_logger, leases, remote_state, work_poller
+from uploader import audit_logger, leases, pending_sql, remote_state, work_poller
 from uploader.active import active_remotes
 from uploader.db import schema
 from uploader.settings import load_station_settings, normalise_database_url
@@ -375,17 +375,17 @@ def _explain(factory: sessionmaker[Session], slug: str) -> dict[str, Any]:
         )
         lo = max(cursor - work_poller.LOOKBACK_IDS, 0)
         statements: dict[str, tuple[str, dict[str, Any]]] = {
-            "cursor": (work_poller._CURSOR_READ.text, {"slug": slug}),
+            "cursor": (pending_sql.CURSOR_READ.text, {"slug": slug}),
             "walk (new work)": (
-                work_poller._WALK.text,
+                pending_sql.WALK.text,
                 {"slug": slug, "lo": lo, "scan": work_poller.SCAN_ROWS, "n": BATCH},
             ),
             "retry work (ready + park due)": (
-                work_poller._RETRY.text,
+                pending_sql.RETRY.text,
                 {"slug": slug, "n": BATCH},
             ),
             "count window": (
-                work_poller._COUNT_WINDOW.text,
+                pending_sql.COUNT_WINDOW.text,
                 {"slug": slug, "lo": cursor, "cap": work_poller.COUNT_EXACT_CAP},
             ),
         }

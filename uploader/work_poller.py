@@ -18,7 +18,8 @@ are done (the seed's anti-join does, docs/pending.md):
   or whose park window has passed.
 
 The dispatcher claims pairs through ``uploader.leases``, which takes its candidates from
-:func:`select_candidates` and reports back through :func:`advance_cursor`.
+:func:`select_candidates` and reports back through :func:`advance_cursor`. The statements, and
+why each is written the way it is, are in ``uploader.pending_sql``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from uploader import pending_sql as sql
 
 log = structlog.get_logger(__name__)
 
@@ -116,163 +118,6 @@ class CandidateBatch:
     scan_end: int | None  # last id the walk examined, when it returned fewer than n
 
 
-# -- statements ---------------------------------------------------------------------------
-# Hand-written SQL: these are the hot statements, and docs/pending.md shows their plans.
-
-# The probes are LATERAL subqueries with LIMIT 1 on purpose: written as NOT EXISTS, the planner
-# (which sees that almost every recording has a success row for the remote) turns them into a
-# hash anti-join over all of the remote's success rows - 128 ms at 100,000 recordings instead
-# of 50 index probes. A LATERAL reference forces one probe per walked row, in id order, so the
-# LIMIT stops the walk as soon as the batch is full. The slug is an InitPlan parameter, not a
-# literal, so no probe is planned from one remote's statistics: a remote added since the last
-# ANALYZE looks empty, and would be probed through ix_uploads_remote_slug (all of its rows per
-# probe) instead of the (recording_id, remote_slug) indexes.
-_SLUG = "(SELECT CAST(:slug AS text))"
-_PROBES = f"""
-    LEFT JOIN LATERAL (
-        SELECT 1 AS hit FROM pair_state p
-        WHERE p.recording_id = {{rid}} AND p.remote_slug = {_SLUG} LIMIT 1) AS ps ON true
-    LEFT JOIN LATERAL (
-        SELECT 1 AS hit FROM uploads u
-        WHERE u.recording_id = {{rid}} AND u.remote_slug = {_SLUG} AND u.success LIMIT 1
-    ) AS up ON true
-"""
-_LIVE_FROM = """
-    SELECT r.id, r.time, r.file_raw, r.sensor_id
-    FROM recordings r
-    WHERE r.id > :lo AND NOT r.local_deleted
-    ORDER BY r.id
-    LIMIT {limit}
-"""
-
-# One round trip: the batch of new work, plus - only when the walk returned fewer than n rows,
-# i.e. it ran out of rows to examine - one extra row carrying the last id it examined, from
-# the same snapshot (the cursor may move up to it: everything there was decided).
-_WALK = text(
-    f"""
-    WITH found AS (
-        SELECT s.id, s.time, s.file_raw, s.sensor_id
-        FROM ({_LIVE_FROM.format(limit=":scan")}) AS s
-        {_PROBES.format(rid="s.id")}
-        WHERE ps.hit IS NULL AND up.hit IS NULL
-        ORDER BY s.id
-        LIMIT :n
-    )
-    SELECT id, time, file_raw, sensor_id, false AS is_scan_end FROM found
-    UNION ALL
-    SELECT (SELECT max(e.id) FROM ({_LIVE_FROM.format(limit=":scan")}) AS e),
-           NULL::timestamptz, NULL::text, NULL::text, true
-    WHERE (SELECT count(*) FROM found) < :n
-    """
-)
-
-_RETRY_COLUMNS = """
-    SELECT p.recording_id, r.time, r.file_raw, r.sensor_id, r.local_deleted,
-           up.hit IS NOT NULL AS done
-    FROM pair_state p
-    JOIN recordings r ON r.id = p.recording_id
-    LEFT JOIN LATERAL (
-        SELECT 1 AS hit FROM uploads u
-        WHERE u.recording_id = p.recording_id AND u.remote_slug = p.remote_slug AND u.success
-        LIMIT 1) AS up ON true
-"""
-# Retry work in one round trip, from two partial indexes:
-# - ready: ix_pair_state_ready (remote_slug, recording_id) WHERE parked_until IS NULL, in
-#   recording order; the only rows it steps over are this remote's live leases (a few batches).
-#   Written "remote_slug BETWEEN :slug AND :slug ... ORDER BY remote_slug, recording_id" on
-#   purpose: with "= :slug" the planner takes the order as just recording_id, which the
-#   primary key (recording_id, remote_slug) also gives, and at 1M recordings with a bloated
-#   pair_state it walked the whole primary key filtering by remote (every other remote's
-#   pairs stepped over). A range keeps remote_slug in the order, which only this index has;
-# - due: ix_pair_state_parked (remote_slug, parked_until) WHERE parked_until IS NOT NULL, the
-#   parked pairs whose window has passed, earliest first; the parked ones are never stepped over.
-# Nothing is locked here: the claim locks (SKIP LOCKED) and leases only the rows it chose, in
-# the statement that writes the leases, so unchosen candidates cost no lock.
-_RETRY = text(
-    f"""
-    WITH ready AS (
-        {_RETRY_COLUMNS}
-        WHERE p.remote_slug BETWEEN :slug AND :slug AND p.parked_until IS NULL
-          AND (p.lease_until IS NULL OR p.lease_until <= now())
-        ORDER BY p.remote_slug, p.recording_id
-        LIMIT :n
-    ), due AS (
-        {_RETRY_COLUMNS}
-        WHERE p.remote_slug = :slug AND p.parked_until IS NOT NULL AND p.parked_until <= now()
-          AND (p.lease_until IS NULL OR p.lease_until <= now())
-        ORDER BY p.parked_until, p.recording_id
-        LIMIT :n
-    )
-    SELECT *, false AS park_expired FROM ready
-    UNION ALL
-    SELECT *, true AS park_expired FROM due
-    """
-)
-
-_CURSOR_READ = text("SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug")
-_CURSOR_LOCK = text(
-    "SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug FOR UPDATE SKIP LOCKED"
-)
-_CURSOR_CREATE = text(
-    """
-    INSERT INTO remote_cursor (remote_slug, last_recording_id)
-    SELECT :slug, :start WHERE EXISTS (SELECT 1 FROM storage_remotes WHERE slug = :slug)
-    ON CONFLICT (remote_slug) DO NOTHING
-    RETURNING last_recording_id
-    """
-)
-_CURSOR_ADVANCE = text(
-    "UPDATE remote_cursor SET last_recording_id = :to, updated_at = now() "
-    "WHERE remote_slug = :slug AND last_recording_id < :to"
-)
-# for readers that do not hold the cursor lock: move it only if nobody else holds it now
-_CURSOR_ADVANCE_NOWAIT = text(
-    """
-    UPDATE remote_cursor SET last_recording_id = :to, updated_at = now()
-    WHERE remote_slug = :slug AND last_recording_id < :to
-      AND remote_slug IN (SELECT remote_slug FROM remote_cursor
-                          WHERE remote_slug = :slug FOR UPDATE SKIP LOCKED)
-    """
-)
-
-_HAS_SUCCESS = text("SELECT EXISTS (SELECT 1 FROM uploads WHERE remote_slug = :slug AND success)")
-# the seed's anti-join, run once per remote when its cursor is created on a database that
-# already holds success rows for it (a SEED-ERA upgrade): where does undecided work start?
-_FIRST_UNDECIDED = text(
-    """
-    SELECT r.id FROM recordings r
-    WHERE NOT r.local_deleted
-      AND NOT EXISTS (SELECT 1 FROM uploads u
-                      WHERE u.recording_id = r.id AND u.remote_slug = :slug AND u.success)
-      AND NOT EXISTS (SELECT 1 FROM pair_state p
-                      WHERE p.recording_id = r.id AND p.remote_slug = :slug)
-    ORDER BY r.id
-    LIMIT 1
-    """
-)
-_MAX_ID = text("SELECT coalesce(max(id), 0) FROM recordings")
-
-_COUNT_WINDOW = text(
-    f"""
-    SELECT count(*) FILTER (WHERE ps.hit IS NULL AND up.hit IS NULL), count(*),
-           min(w.id), max(w.id)
-    FROM ({_LIVE_FROM.format(limit=":cap")}) AS w
-    {_PROBES.format(rid="w.id")}
-    """
-)
-_COUNT_RETRY = text(
-    """
-    SELECT count(*) FROM (
-        SELECT 1 FROM pair_state p
-        WHERE p.remote_slug = :slug
-          AND (p.lease_until IS NULL OR p.lease_until <= now())
-          AND (p.parked_until IS NULL OR p.parked_until <= now())
-        LIMIT :cap
-    ) AS s
-    """
-)
-
-
 # -- public API ---------------------------------------------------------------------------
 
 
@@ -308,14 +153,14 @@ def count_pending(session: Session, remote_slug: str) -> int:
     """
     cursor = _read_cursor(session, remote_slug)
     pending, scanned, first_id, last_id = session.execute(
-        _COUNT_WINDOW, {"slug": remote_slug, "lo": cursor, "cap": COUNT_EXACT_CAP}
+        sql.COUNT_WINDOW, {"slug": remote_slug, "lo": cursor, "cap": COUNT_EXACT_CAP}
     ).one()
     new = int(pending)
     if scanned >= COUNT_EXACT_CAP:
-        max_id = int(session.execute(_MAX_ID).scalar_one())
+        max_id = int(session.execute(sql.MAX_ID).scalar_one())
         new += extrapolate(int(pending), first_id=first_id, last_id=last_id, max_id=max_id)
     retry = int(
-        session.execute(_COUNT_RETRY, {"slug": remote_slug, "cap": COUNT_RETRY_CAP}).scalar_one()
+        session.execute(sql.COUNT_RETRY, {"slug": remote_slug, "cap": COUNT_RETRY_CAP}).scalar_one()
     )
     return new + retry
 
@@ -327,13 +172,7 @@ def rewind_cursor(session: Session, remote_slug: str, by_ids: int) -> int:
     :data:`SCAN_ROWS` rows per call) and finds any recording that became visible later than
     :data:`LOOKBACK_IDS` allows for. Waits for a claim holding the cursor row.
     """
-    value = session.execute(
-        text(
-            "UPDATE remote_cursor SET last_recording_id = greatest(last_recording_id - :by, 0),"
-            " updated_at = now() WHERE remote_slug = :slug RETURNING last_recording_id"
-        ),
-        {"slug": remote_slug, "by": max(by_ids, 0)},
-    ).scalar()
+    value = session.execute(sql.CURSOR_REWIND, {"slug": remote_slug, "by": max(by_ids, 0)}).scalar()
     log.info("cursor.rewound", remote=remote_slug, by_ids=by_ids, last_recording_id=value)
     return int(value) if value is not None else 0
 
@@ -356,7 +195,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
 
     retries: list[Candidate] = []
     stale: list[int] = []
-    for row in session.execute(_RETRY, {"slug": remote_slug, "n": n}):
+    for row in session.execute(sql.RETRY, {"slug": remote_slug, "n": n}):
         if row.local_deleted or row.done:
             stale.append(row.recording_id)
             continue
@@ -389,7 +228,9 @@ def advance_cursor(session: Session, batch: CandidateBatch, taken_new: Collectio
     if target <= batch.cursor:
         return batch.cursor
     params = {"slug": batch.remote_slug, "to": target}
-    session.execute(_CURSOR_ADVANCE if batch.cursor_locked else _CURSOR_ADVANCE_NOWAIT, params)
+    session.execute(
+        sql.CURSOR_ADVANCE if batch.cursor_locked else sql.CURSOR_ADVANCE_NOWAIT, params
+    )
     return target
 
 
@@ -454,7 +295,7 @@ def _walk(
     params = {"slug": remote_slug, "lo": lo, "scan": SCAN_ROWS, "n": n}
     found: list[Candidate] = []
     scan_end: int | None = None
-    for row in session.execute(_WALK, params):
+    for row in session.execute(sql.WALK, params):
         if row.is_scan_end:
             scan_end = row.id
         else:
@@ -464,7 +305,7 @@ def _walk(
 
 
 def _read_cursor(session: Session, remote_slug: str) -> int:
-    value = session.execute(_CURSOR_READ, {"slug": remote_slug}).scalar()
+    value = session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar()
     return int(value) if value is not None else 0
 
 
@@ -477,17 +318,17 @@ def _open_cursor(session: Session, remote_slug: str, *, lock: bool) -> tuple[int
     it with the remote); a row another transaction holds is skipped.
     """
     if not lock:
-        value = session.execute(_CURSOR_READ, {"slug": remote_slug}).scalar()
+        value = session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar()
         if value is not None:
             return int(value), False, True
         return _starting_point(session, remote_slug), False, False
-    value = session.execute(_CURSOR_LOCK, {"slug": remote_slug}).scalar()
+    value = session.execute(sql.CURSOR_LOCK, {"slug": remote_slug}).scalar()
     if value is not None:
         return int(value), True, True
-    if session.execute(_CURSOR_READ, {"slug": remote_slug}).scalar() is not None:
+    if session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar() is not None:
         return 0, False, True  # another claim is walking this remote right now
     start = _starting_point(session, remote_slug)
-    created = session.execute(_CURSOR_CREATE, {"slug": remote_slug, "start": start}).scalar()
+    created = session.execute(sql.CURSOR_CREATE, {"slug": remote_slug, "start": start}).scalar()
     if created is None:
         return 0, False, False  # the remote is gone, or another claim created the row just now
     log.info("cursor.created", remote=remote_slug, last_recording_id=int(created))
@@ -499,11 +340,11 @@ def _starting_point(session: Session, remote_slug: str) -> int:
     remote (a SEED-ERA database upgraded in place). Then it starts just below the first
     recording that is not decided, found once with the seed's anti-join (about a second at a
     million recordings), instead of walking a million done rows a few thousand at a time."""
-    if not session.execute(_HAS_SUCCESS, {"slug": remote_slug}).scalar():
+    if not session.execute(sql.HAS_SUCCESS, {"slug": remote_slug}).scalar():
         return 0
     started = _time.perf_counter()
-    first = session.execute(_FIRST_UNDECIDED, {"slug": remote_slug}).scalar()
-    start = int(first) - 1 if first is not None else int(session.execute(_MAX_ID).scalar_one())
+    first = session.execute(sql.FIRST_UNDECIDED, {"slug": remote_slug}).scalar()
+    start = int(first) - 1 if first is not None else int(session.execute(sql.MAX_ID).scalar_one())
     log.info(
         "cursor.catch_up_computed",
         remote=remote_slug,
