@@ -232,6 +232,7 @@ def test_multi_remote_upload_independence(
     tmp_path: Path,
 ) -> None:
     # given: two local remotes and recordings with their WAVs
+    podman_controller_env = {**podman_controller_env, "SILVASONIC_UPLOADER_STOP_TIMEOUT_S": "15"}
     folders = [add_local_remote(session, tmp_path, slug) for slug in ("usb-a", "usb-b")]
     recordings = [
         make_recording_with_wav(session, workspace / "recorder", seconds=1.0) for _ in range(6)
