@@ -25,7 +25,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from tasks.app import app
 from tasks.runtime import get_runtime
-from tasks.topup import maybe_request_topup
+from tasks.topup import maybe_request_topup, read_lease_level
 from uploader import audit_logger, leases, remote_state
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
@@ -231,6 +231,7 @@ def audit(self: Task, payload: dict[str, Any]) -> None:
         )
         leases.finish(s, pair.recording_id, pair.remote_slug, None)
         recovered = remote_state.mark_ok(s, pair.remote_slug)
+        level = read_lease_level(s, pair.remote_slug)
     cleanup(rt.ctx, pair.recording_id)
     if recovered:
         log.info("remote.recovered")
@@ -240,7 +241,7 @@ def audit(self: Task, payload: dict[str, Any]) -> None:
     if outcome.recording_complete:
         log.info("recording.completed")
     rt.stats.maybe_emit_summary()
-    maybe_request_topup(pair.remote_slug)
+    maybe_request_topup(pair.remote_slug, level)
 
 
 def _count_success(pair: Pair) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import redis
 import structlog
+from sqlalchemy.orm import Session
 
 from celeryconfig import CONTROL_QUEUE
 from tasks.app import app
@@ -18,13 +19,22 @@ KEY = "silvasonic:uploader:topup:{slug}"
 log = structlog.get_logger(__name__)
 
 
-def maybe_request_topup(remote_slug: str) -> bool:
+def read_lease_level(session: Session, remote_slug: str) -> tuple[int, int]:
+    """(live leases, batch_size) of this remote, read in the caller's transaction (the audit
+    step's, so the check costs no session of its own: two statements, no extra checkout)."""
+    batch = load_station_settings(session).uploader.batch_size
+    return leases.count_leases(session, remote_slug), batch
+
+
+def maybe_request_topup(remote_slug: str, level: tuple[int, int] | None = None) -> bool:
     """Send ``uploader.request_topup`` when this remote's live leases fell below half of
-    ``batch_size``; at most one request per remote every ``DEBOUNCE_S``."""
+    ``batch_size``; at most one request per remote every ``DEBOUNCE_S``. ``level`` is
+    :func:`read_lease_level`'s answer when the caller already has it."""
     try:
-        with session_scope() as s:
-            batch = load_station_settings(s).uploader.batch_size
-            live = leases.count_leases(s, remote_slug)
+        if level is None:
+            with session_scope() as s:
+                level = read_lease_level(s, remote_slug)
+        live, batch = level
         if live >= max(1, batch // 2):
             return False
         if not get_runtime().redis.set(KEY.format(slug=remote_slug), b"1", nx=True, ex=DEBOUNCE_S):

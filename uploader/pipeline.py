@@ -14,10 +14,11 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader import flac_encoder, path_builder
-from uploader.db.models import Recording, StorageRemote
+from uploader.db.models import Recording
 from uploader.errors import FileRejected, SourceMissing
 from uploader.rclone_client import RcloneClient, RcloneResult
 from uploader.settings import StationSettings
@@ -66,27 +67,36 @@ class FlacFile:
     md5: str
 
 
+# the recording and the remote in one round trip (it runs at every step of every pair)
+_JOB = text(
+    """
+    SELECT r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted,
+           s.slug, s.type, s.config, s.target_path, s.is_active
+    FROM recordings r LEFT JOIN storage_remotes s ON s.slug = :slug
+    WHERE r.id = :rid
+    """
+)
+
+
 def load_job(
     session: Session, recording_id: int, remote_slug: str, settings: StationSettings
 ) -> PairJob | None:
-    """None when the recording is gone or ``local_deleted`` (the pair is simply done with)."""
-    rec = session.get(Recording, recording_id)
-    if rec is None or rec.local_deleted:
-        return None
-    remote = session.get(StorageRemote, remote_slug)
-    if remote is None:
+    """None when the recording is gone or ``local_deleted`` (the pair is simply done with), or
+    the remote is gone."""
+    row = session.execute(_JOB, {"rid": recording_id, "slug": remote_slug}).first()
+    if row is None or row.local_deleted or row.slug is None:
         return None
     return PairJob(
-        recording_id=rec.id,
-        file_raw=rec.file_raw,
-        sensor_id=rec.sensor_id,
-        time=rec.time,
+        recording_id=row.id,
+        file_raw=row.file_raw,
+        sensor_id=row.sensor_id,
+        time=row.time,
         remote=RemoteSnapshot(
-            remote.slug,
-            remote.type,
-            dict(remote.config or {}),
-            remote.target_path,
-            bool(remote.is_active),
+            row.slug,
+            row.type,
+            dict(row.config or {}),
+            row.target_path,
+            bool(row.is_active),
         ),
         station_name=settings.system.station_name,
         bandwidth_limit=settings.uploader.bandwidth_limit,
@@ -107,8 +117,11 @@ def flac_path_for(ctx: WorkerContext, job: PairJob) -> Path:
     return flac_dir_for(ctx, job.recording_id) / (PurePosixPath(job.wav_name).stem + ".flac")
 
 
-def ensure_flac(ctx: WorkerContext, job: PairJob, *, reuse: bool = True) -> FlacFile:
+def ensure_flac(
+    ctx: WorkerContext, job: PairJob, *, reuse: bool = True, checksum: bool = True
+) -> FlacFile:
     """Encode the pair's WAV into the worker's temp dir (reusing a FLAC already there).
+    ``checksum=False`` skips the MD5 (``md5=""``) where nobody reads it.
 
     Raises :class:`UnsafePath` for a ``file_raw`` outside the workspace, :class:`SourceMissing`
     for a missing WAV (the caller checks ``local_deleted``), :class:`FlacEncodingError`.
@@ -123,7 +136,8 @@ def ensure_flac(ctx: WorkerContext, job: PairJob, *, reuse: bool = True) -> Flac
         produced = flac_encoder.encode_wav_to_flac(wav, out_dir, engine=ctx.flac_engine)
         if produced != target:
             produced.replace(target)
-    return FlacFile(target, target.stat().st_size, flac_encoder.file_md5(target))
+    md5 = flac_encoder.file_md5(target) if checksum else ""
+    return FlacFile(target, target.stat().st_size, md5)
 
 
 def remote_path_for(job: PairJob) -> str:
@@ -135,7 +149,7 @@ def remote_path_for(job: PairJob) -> str:
 def transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> tuple[str, RcloneResult]:
     """Upload the pair's FLAC (re-encoding it if it is gone). Only a file inside the worker's
     own temp dir is ever sent."""
-    flac = ensure_flac(ctx, job)
+    flac = ensure_flac(ctx, job, checksum=False)  # the encode step reported it already
     if not flac.path.resolve().is_relative_to(ctx.temp_dir.resolve()):
         raise FileRejected("FLAC outside the worker's temp dir", recording_id=job.recording_id)
     remote_path = remote_path_for(job)
