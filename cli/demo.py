@@ -26,14 +26,11 @@ from cli import demo_station as station
 from cli.flower import DEFAULT_PORT
 from cli.local_run import DataDir, LocalRun
 from cli.run import build_supervisor, logs_to, supervise
+from uploader import flac_encoder
 
 DEFAULT_DATA_DIR = Path(".silvasonic") / "demo"
 # quicker than a station: beat every second, the controller reconciles every second
 DEMO_ENV = {"SILVASONIC_DISPATCH_TICK_S": "1", "SILVASONIC_RECONCILE_INTERVAL_S": "1"}
-# in-process libFLAC: about 0.1 s per 10 s segment here against ffmpeg's 0.6 s (process
-# start-up on a busy 2-core machine); both are checked lossless per file. An engine named in
-# SILVASONIC_FLAC_ENGINE wins.
-DEMO_FLAC_ENGINE = "libflac"
 PROGRESS_EVERY_S = 1.0
 RATE_WINDOW_S = 5.0  # rates are over this many seconds
 QUIET_LINE_EVERY_S = 15.0  # without a terminal: a line per change, or this often
@@ -291,7 +288,10 @@ def demo(
     a configured database or Redis is never touched.
     """
     data = DataDir(data_dir.resolve())
-    flac_engine = os.environ.get("SILVASONIC_FLAC_ENGINE") or DEMO_FLAC_ENGINE
+    try:  # the station's engine (SILVASONIC_FLAC_ENGINE, default libflac), checked up front
+        flac_engine = flac_encoder.default_engine()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("silvasonic-uploader demo")
     click.echo(f"  fresh data dir {data.root} (emptied at start; the FLACs stay afterwards)")
     for var in ("SILVASONIC_DATABASE_URL", "SILVASONIC_REDIS_URL", "POSTGRES_HOST"):
