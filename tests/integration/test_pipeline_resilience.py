@@ -166,7 +166,7 @@ def test_backlog_drains_without_waiting_a_poll_interval_per_batch(
         recordings=200,
         seconds=0.2,
         remotes={"archive": _local(archive)},
-        uploader={"poll_interval": 120, "batch_size": 20},
+        uploader={"poll_interval": 600, "batch_size": 20},
     )
     stack.start_worker("archive")
     stack.start_dispatcher()
