@@ -29,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -85,6 +86,11 @@ BINARY_ENV = "SILVASONIC_RCLONE_BINARY"
 TRANSPORT_ENV = "SILVASONIC_RCLONE_TRANSPORT"
 TRANSPORTS = ("cli", "rcd")
 DEFAULT_TRANSPORT = "cli"
+
+#: an rcd daemon that has sent nothing for this long is stopped (started again lazily, ~40 ms,
+#: at the next upload): a worker at rest then holds no daemon (~35-70 MB) (bench/README.md)
+RCD_IDLE_ENV = "SILVASONIC_RCLONE_RCD_IDLE_S"
+DEFAULT_RCD_IDLE_S = 60.0
 
 #: TCP connect timeout (``--contimeout``): a dead host should fail fast, Celery retries
 CONNECT_TIMEOUT_S = 15
@@ -371,6 +377,23 @@ class RcloneClient:
         size: int,
         started: float,
     ) -> RcloneResult:
+        """One upload through the daemon; the idle stop waits for it and is re-armed after."""
+        with _DAEMON_LOCK:
+            _cancel_idle_stop(self.remote.slug)
+            try:
+                return self._upload_rcd_now(local, remote_path, limit, limit_s, size, started)
+            finally:
+                _arm_idle_stop(self.remote.slug)
+
+    def _upload_rcd_now(
+        self,
+        local: Path,
+        remote_path: str,
+        limit: BandwidthLimit,
+        limit_s: float,
+        size: int,
+        started: float,
+    ) -> RcloneResult:
         try:
             daemon = self._ensure_daemon(limit)
         except FileNotFoundError as exc:
@@ -459,6 +482,8 @@ class RcloneClient:
         """Kill this client's daemon, if any (also done at interpreter exit)."""
         daemon, self._daemon = self._daemon, None
         if daemon is not None:
+            if _DAEMONS.get(self.remote.slug) is daemon:
+                _cancel_idle_stop(self.remote.slug)
             daemon.close()
             if _DAEMONS.get(self.remote.slug) is daemon:
                 del _DAEMONS[self.remote.slug]
@@ -517,3 +542,49 @@ class RcloneClient:
 
 # one daemon per worker process and remote slug (see RcloneClient._ensure_daemon)
 _DAEMONS: dict[str, RcloneDaemon] = {}
+# held by an rcd upload and by the idle stop, so a daemon is never stopped under an upload
+_DAEMON_LOCK = threading.RLock()
+_IDLE_TIMERS: dict[str, threading.Timer] = {}
+
+
+def rcd_idle_s() -> float:
+    """``SILVASONIC_RCLONE_RCD_IDLE_S`` (default 60; 0 keeps the daemon for good)."""
+    raw = os.environ.get(RCD_IDLE_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_RCD_IDLE_S
+    except ValueError:
+        log.warning("rclone.bad_idle_setting", variable=RCD_IDLE_ENV, value=raw[:40])
+        value = DEFAULT_RCD_IDLE_S
+    return max(0.0, value)
+
+
+def _cancel_idle_stop(slug: str) -> None:
+    timer = _IDLE_TIMERS.pop(slug, None)
+    if timer is not None:
+        timer.cancel()
+
+
+def _arm_idle_stop(slug: str) -> None:
+    idle_s = rcd_idle_s()
+    daemon = _DAEMONS.get(slug)
+    if idle_s <= 0 or daemon is None:
+        return
+    timer = threading.Timer(idle_s, _stop_idle_daemon, args=(slug, daemon))
+    timer.daemon = True
+    timer.name = f"rcd-idle-{slug}"
+    _IDLE_TIMERS[slug] = timer
+    timer.start()
+
+
+def _stop_idle_daemon(slug: str, daemon: RcloneDaemon) -> None:
+    """Timer thread: stop the daemon unless an upload holds it (that upload re-arms)."""
+    if not _DAEMON_LOCK.acquire(blocking=False):
+        return
+    try:
+        if _DAEMONS.get(slug) is daemon and daemon.owner_pid == os.getpid():
+            del _DAEMONS[slug]
+            _IDLE_TIMERS.pop(slug, None)
+            log.info("rclone.daemon_idle_stop", remote=slug, idle_s=rcd_idle_s())
+            daemon.close()
+    finally:
+        _DAEMON_LOCK.release()
