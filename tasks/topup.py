@@ -28,8 +28,11 @@ def read_lease_level(session: Session, remote_slug: str) -> tuple[int, int]:
 
 def maybe_request_topup(remote_slug: str, level: tuple[int, int] | None = None) -> bool:
     """Send ``uploader.request_topup`` when this remote's live leases fell below half of
-    ``batch_size``; at most one request per remote every ``DEBOUNCE_S``. ``level`` is
-    :func:`read_lease_level`'s answer when the caller already has it."""
+    ``batch_size``; at most one request per remote every ``DEBOUNCE_S``, except when none is
+    left: the worker has drained its batch and no further audit would ask again (with the rcd
+    transport half a batch drains in well under ``DEBOUNCE_S``, and a debounced request then
+    left a backlog waiting a whole poll interval). ``level`` is :func:`read_lease_level`'s
+    answer when the caller already has it."""
     try:
         if level is None:
             with session_scope() as s:
@@ -37,7 +40,8 @@ def maybe_request_topup(remote_slug: str, level: tuple[int, int] | None = None) 
         live, batch = level
         if live >= max(1, batch // 2):
             return False
-        if not get_runtime().redis.set(KEY.format(slug=remote_slug), b"1", nx=True, ex=DEBOUNCE_S):
+        fresh = get_runtime().redis.set(KEY.format(slug=remote_slug), b"1", nx=True, ex=DEBOUNCE_S)
+        if not fresh and live > 0:
             return False
         app.send_task("uploader.request_topup", args=[remote_slug], queue=CONTROL_QUEUE)
         return True
