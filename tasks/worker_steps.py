@@ -14,7 +14,12 @@ from typing import Any
 import redis
 import structlog
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from sqlalchemy import Engine, create_engine, pool, text
 
 from uploader import remote_state, work_poller, worker_counters
@@ -106,6 +111,16 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log.info("uploader.worker_ready", pid=os.getpid())
 
 
+def _freeze_before_fork(**_: Any) -> None:
+    """Move every object alive now (the imported modules) out of the garbage collector's reach
+    before the pool forks: the child's collections then no longer write to those pages, which
+    stay shared with the parent instead of being copied (measured with bench/memory.py)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _on_child_init(**_: Any) -> None:
     """A fresh pool child: never reuse the parent's database sockets or runtime."""
     from tasks.runtime import reset_runtime
@@ -125,6 +140,7 @@ def _on_child_shutdown(**_: Any) -> None:
 
 def install(app: Celery) -> None:
     app.steps["worker"].add(UploaderHealthStep)
+    worker_init.connect(_freeze_before_fork, weak=False)
     worker_ready.connect(_on_ready, weak=False)
     worker_process_init.connect(_on_child_init, weak=False)
     worker_process_shutdown.connect(_on_child_shutdown, weak=False)
