@@ -10,7 +10,6 @@ plain redis-py.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ from typing import Any
 
 import click
 import redis
-import structlog
 from pydantic import ValidationError
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +28,7 @@ from controller_ext.nudge import send_nudge
 from controller_ext.queues import purge_queue_keys, queue_name
 from uploader.db.schema import require_current_schema
 from uploader.errors import UploaderError
+from uploader.logs import configure_logging
 from uploader.redact import redact
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 
@@ -45,15 +44,7 @@ json_option = click.option(
 def quiet_logs() -> None:
     """Domain log lines go to stderr, warnings and worse only: stdout carries the output
     (``--json`` must stay parseable)."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    configure_logging("uploader-cli", level="WARNING", stream=sys.stderr)
 
 
 def warn(message: str) -> None:

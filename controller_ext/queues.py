@@ -15,12 +15,14 @@ from typing import Any
 
 import redis
 
-QUEUE_PREFIX = "upload."
+from celeryconfig import upload_queue
+
 PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def queue_name(slug: str) -> str:
-    return f"{QUEUE_PREFIX}{slug}"
+    """The queue's name comes from ``celeryconfig`` (stdlib only), the one place that knows it."""
+    return upload_queue(slug)
 
 
 def queue_keys(slug: str) -> list[str]:

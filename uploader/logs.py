@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -20,8 +21,11 @@ def _development_mode() -> bool:
     )
 
 
-def configure_logging(service: str, *, level: str | None = None) -> None:
-    """Idempotent; call once per process at its entry point, never at import."""
+def configure_logging(
+    service: str, *, level: str | None = None, stream: TextIO | None = None
+) -> None:
+    """Idempotent; call once per process at its entry point, never at import. ``stream``
+    defaults to stdout; commands whose stdout is their output log to stderr."""
     level_name = (level or os.environ.get("SILVASONIC_LOG_LEVEL", "INFO")).upper()
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -39,6 +43,6 @@ def configure_logging(service: str, *, level: str | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
