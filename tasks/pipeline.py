@@ -102,7 +102,7 @@ def _proceed(pair: Pair) -> tuple[PairJob | None, StationSettings | None]:
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
             log.info("pair.deferred", remote_state=state.state)
             return None, None
-        settings = load_station_settings(s)
+        settings = get_runtime().station_settings(s)
         job = load_job(s, pair.recording_id, pair.remote_slug, settings)
         if job is None:
             leases.finish(s, pair.recording_id, pair.remote_slug, pair.token)

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
 
 from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.rclone_client import TRANSPORT_ENV, RcloneClient
 from uploader.remotes import config_fingerprint
-from uploader.settings import UploaderServiceSettings
+from uploader.settings import StationSettings, UploaderServiceSettings, load_station_settings
 from uploader.upload_stats import UploadStats
 
 TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
@@ -26,6 +28,10 @@ TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
 #: long-lived ``rclone rcd`` per worker costs 2-6 ms per file against 40-50 ms for a process per
 #: file (bench/README.md). ``RcloneClient`` itself keeps ``cli`` for one-off callers.
 WORKER_TRANSPORT = "rcd"
+#: a worker rereads the station settings at most this often: every step of every pair read
+#: them (4 round trips per pair, measured with bench/profile_worker.py); an operator's change
+#: still applies within a second, without a restart
+SETTINGS_TTL_S = 1.0
 
 
 def worker_temp_dir(remote_slug: str) -> Path:
@@ -42,6 +48,15 @@ class Runtime:
     redis: redis.Redis[Any]
     stats: UploadStats
     _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
+    _settings: tuple[float, StationSettings] | None = None
+
+    def station_settings(self, session: Session) -> StationSettings:
+        """The station settings, read through ``session`` when the copy is older than
+        ``SETTINGS_TTL_S``."""
+        now = time.monotonic()
+        if self._settings is None or now - self._settings[0] >= SETTINGS_TTL_S:
+            self._settings = (now, load_station_settings(session))
+        return self._settings[1]
 
     def client_for(self, remote: RemoteSnapshot) -> RcloneClient:
         """The remote's client; a changed configuration builds (and validates) a new one."""

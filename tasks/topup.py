@@ -12,7 +12,6 @@ from tasks.app import app
 from tasks.runtime import get_runtime
 from uploader import leases
 from uploader.db.session import session_scope
-from uploader.settings import load_station_settings
 
 DEBOUNCE_S = 2
 KEY = "silvasonic:uploader:topup:{slug}"
@@ -22,7 +21,7 @@ log = structlog.get_logger(__name__)
 def read_lease_level(session: Session, remote_slug: str) -> tuple[int, int]:
     """(live leases, batch_size) of this remote, read in the caller's transaction (the audit
     step's, so the check costs no session of its own: two statements, no extra checkout)."""
-    batch = load_station_settings(session).uploader.batch_size
+    batch = get_runtime().station_settings(session).uploader.batch_size
     return leases.count_leases(session, remote_slug), batch
 
 
