@@ -196,10 +196,8 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
                 error_kind="connection",
                 attempt_key=f"{pair.token}:{self.request.retries}",
             )
-            newly = remote_state.mark_unavailable(s, pair.remote_slug, message)
+            remote_state.mark_unavailable(s, pair.remote_slug, message)  # logs when it is news
         rt.stats.record_connection_abort(pair.remote_slug)
-        if newly:
-            log.warning("remote.unavailable", reason=message)
         countdown = retry_countdown(self.request.retries, settings)
         log.info("upload.retry_scheduled", countdown_s=round(countdown, 1))
         raise self.retry(exc=RemoteUnavailable(pair.remote_slug, message), countdown=countdown)
@@ -230,16 +228,12 @@ def audit(self: Task, payload: dict[str, Any]) -> None:
             error_kind="none",
         )
         leases.finish(s, pair.recording_id, pair.remote_slug, None)
-        recovered = remote_state.mark_ok(s, pair.remote_slug)
+        remote_state.mark_ok(s, pair.remote_slug)  # logs remote.recovered
         level = read_lease_level(s, pair.remote_slug)
     cleanup(rt.ctx, pair.recording_id)
-    if recovered:
-        log.info("remote.recovered")
-    if outcome.inserted:
+    if outcome.inserted:  # audit_logger logs recording.completed when it flags one
         rt.stats.record_upload(pair.remote_slug, filename, pair.size_bytes, pair.duration_s)
         _count_success(pair)
-    if outcome.recording_complete:
-        log.info("recording.completed")
     rt.stats.maybe_emit_summary()
     maybe_request_topup(pair.remote_slug, level)
 
@@ -322,9 +316,8 @@ def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) 
                 attempt_key=f"{pair.token}:config",
             )
             remote = _remote_fingerprint(s, pair.remote_slug)
-            remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)
+            remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)  # logs it
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            log.error("remote.misconfigured", reason=message)
             return
         if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
             audit_logger.log_upload_attempt(
