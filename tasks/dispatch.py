@@ -23,6 +23,12 @@ log = structlog.get_logger(__name__)
 DISCOVERY_KEY = "silvasonic:uploader:discovery"
 EPOCH_KEY = "silvasonic:uploader:broker_epoch"
 REQUIRED_KEY = "silvasonic:uploader:required_set"
+REWIND_KEY = "silvasonic:uploader:cursor_rewind"
+# Once an hour each running remote's cursor steps back over its recent ids, so a recording
+# that became visible much later than its id was taken (a long Indexer transaction) is still
+# found; the walk skips what is done, so this costs one re-walk of these rows.
+REWIND_EVERY_S = 3600
+REWIND_IDS = 5000
 
 
 def _discovery_due(poll_interval_s: int) -> bool:
@@ -41,6 +47,19 @@ def _recover_lost_broker_state() -> int:
             log.warning("dispatch.broker_state_lost", released_leases=released)
         return released
     return 0
+
+
+def _rewind_cursors_hourly(result: CycleResult) -> None:
+    if result.skipped_reason or not get_runtime().redis.set(
+        REWIND_KEY, b"1", nx=True, ex=REWIND_EVERY_S
+    ):
+        return
+    from uploader import work_poller
+    from uploader.active import active_remotes
+
+    with session_scope() as s:
+        for slug in active_remotes(s).running_slugs:
+            work_poller.rewind_cursor(s, slug, REWIND_IDS)
 
 
 def _recompute_if_required_changed(result: CycleResult) -> None:
@@ -77,6 +96,7 @@ def dispatch_pending() -> int:
     with session_scope() as s:
         result = claim_work(s, lease_s=app.conf.uploader_lease_s)
     _recompute_if_required_changed(result)
+    _rewind_cursors_hourly(result)
     if result.skipped_reason:
         log.debug("dispatch.skipped", reason=result.skipped_reason)
     _publish(result)
