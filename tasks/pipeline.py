@@ -284,53 +284,48 @@ def record_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     maybe_request_topup(pair.remote_slug)
 
 
+def _failure_kind(exc: BaseException, pair: Pair, retries: int) -> tuple[str, str] | None:
+    """(error_kind, attempt_key) of a failure we audit, or None for our own problems.
+
+    A connection failure's last attempt already audited itself under the same key, so the
+    errback's row is a no-op; a time limit counts against the file (it is the file's attempt).
+    """
+    if isinstance(exc, RemoteUnavailable):
+        return "connection", f"{pair.token}:{retries}"
+    if isinstance(exc, RemoteMisconfigured):
+        return "config", f"{pair.token}:config"
+    if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return "file", f"{pair.token}:file"
+    return None
+
+
 def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) -> None:
-    filename = f"{pair.recording_id}.flac"
+    kind = _failure_kind(exc, pair, retries)
     with session_scope() as s:
-        if isinstance(exc, RemoteUnavailable):
-            # the last attempt already audited itself under this key; this adds nothing
-            audit_logger.log_upload_attempt(
-                s,
-                pair.recording_id,
-                pair.remote_slug,
-                filename,
-                pair.size_bytes,
-                False,
-                message,
-                error_kind="connection",
-                attempt_key=f"{pair.token}:{retries}",
-            )
+        if kind is None:  # our problem (a bug, the database): no row, no penalty
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            log.warning("upload.failed", error_kind="connection", reason=message, retries=retries)
+            log.error("upload.internal_error", error=type(exc).__name__, reason=message)
             return
-        if isinstance(exc, RemoteMisconfigured):
-            audit_logger.log_upload_attempt(
-                s,
-                pair.recording_id,
-                pair.remote_slug,
-                filename,
-                pair.size_bytes,
-                False,
-                message,
-                error_kind="config",
-                attempt_key=f"{pair.token}:config",
-            )
+        error_kind, attempt_key = kind
+        audit_logger.log_upload_attempt(
+            s,
+            pair.recording_id,
+            pair.remote_slug,
+            f"{pair.recording_id}.flac",
+            pair.size_bytes,
+            False,
+            message,
+            error_kind=error_kind,
+            attempt_key=attempt_key,
+        )
+        if error_kind == "connection":
+            leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
+            log.warning("upload.failed", error_kind=error_kind, reason=message, retries=retries)
+        elif error_kind == "config":
             remote = _remote_fingerprint(s, pair.remote_slug)
             remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)  # logs it
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            return
-        if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
-            audit_logger.log_upload_attempt(
-                s,
-                pair.recording_id,
-                pair.remote_slug,
-                filename,
-                pair.size_bytes,
-                False,
-                message,
-                error_kind="file",
-                attempt_key=f"{pair.token}:file",
-            )
+        else:  # file-level: counts toward parking
             settings = load_station_settings(s)
             parked = leases.record_file_failure(
                 s,
@@ -341,11 +336,7 @@ def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) 
                 max_file_attempts=settings.uploader.max_file_attempts,
                 park_window_hours=settings.uploader.park_window_hours,
             )
-            log.warning("upload.failed", error_kind="file", reason=message, parked=parked)
-            return
-        # anything else is our problem (a bug, the database): no row, no penalty
-        leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-        log.error("upload.internal_error", error=type(exc).__name__, reason=message)
+            log.warning("upload.failed", error_kind=error_kind, reason=message, parked=parked)
 
 
 def _remote_fingerprint(session: Any, slug: str) -> str | None:
