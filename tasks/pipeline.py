@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import audit_logger, leases, remote_state
+from uploader import audit_logger, leases, remote_state, worker_counters
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,
@@ -233,15 +233,9 @@ def audit(self: Task, payload: dict[str, Any]) -> None:
     cleanup(rt.ctx, pair.recording_id)
     if outcome.inserted:  # audit_logger logs recording.completed when it flags one
         rt.stats.record_upload(pair.remote_slug, filename, pair.size_bytes, pair.duration_s)
-        _count_success(pair)
+        worker_counters.record_success(rt.redis, pair.remote_slug, pair.size_bytes)
     rt.stats.maybe_emit_summary()
     maybe_request_topup(pair.remote_slug, level)
-
-
-def _count_success(pair: Pair) -> None:
-    from uploader import worker_counters
-
-    worker_counters.record_success(get_runtime().redis, pair.remote_slug, pair.size_bytes)
 
 
 def _pair_from_request(request: Any) -> Pair | None:
@@ -278,8 +272,6 @@ def record_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     finally:
         cleanup(rt.ctx, pair.recording_id)
     rt.stats.record_error(pair.remote_slug, f"recording {pair.recording_id}", message)
-    from uploader import worker_counters
-
     worker_counters.record_failure(rt.redis, pair.remote_slug)
     maybe_request_topup(pair.remote_slug)
 
