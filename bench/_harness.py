@@ -102,6 +102,20 @@ def cpu_seconds(roots: Iterable[int]) -> float:
     return total / CLK_TCK
 
 
+def cpu_by_role(roots: Iterable[int], role: Callable[[int, str], str]) -> dict[str, float]:
+    """user+sys seconds of a process tree, summed per role (``role(pid, cmdline)``), so a run can
+    say which process costs what (the Celery parent, the pool child, rclone, PostgreSQL …)."""
+    out: dict[str, float] = {}
+    for pid in tree_pids(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = role(pid, cmdline(pid))
+        out[name] = out.get(name, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return out
+
+
 def pss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 OUT_ENV = "BENCH_PROFILE_OUT"
+CPU_ENV = "BENCH_PROFILE_CPU"
 
 
 def _child(argv: list[str]) -> None:
@@ -31,7 +32,9 @@ def _child(argv: list[str]) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    prof = cProfile.Profile()
+    # --cpu: count CPU time, not wall time (a wait on PostgreSQL or rclone then costs nothing)
+    timer = time.process_time if os.environ.get(CPU_ENV) else time.perf_counter
+    prof = cProfile.Profile(timer)
     counts: collections.Counter[str] = collections.Counter()
 
     def _count(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
@@ -52,7 +55,13 @@ def _child(argv: list[str]) -> None:
     from cli.main import main as cli_main
 
     sys.argv = ["silvasonic-uploader", *argv]
-    cli_main()
+    main_prof = cProfile.Profile(timer)  # the Celery main process (consumer, events, pool I/O)
+    main_prof.enable()
+    try:
+        cli_main()
+    finally:
+        main_prof.disable()
+        main_prof.dump_stats(f"{os.environ[OUT_ENV]}.main.prof")
 
 
 def main() -> int:
@@ -67,6 +76,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="cumulative")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--cpu", action="store_true", help="profile CPU time, not wall time")
+    parser.add_argument("--main", action="store_true",
+                        help="also print the Celery main process's profile")  # fmt: skip
     args = parser.parse_args()
     env = dict(item.partition("=")[::2] for item in args.env)
     h = Harness("bench-profile-")
@@ -90,6 +102,7 @@ def main() -> int:
             [sys.executable, __file__, "--child", "worker", "--remote", "r1",
              "--loglevel", "WARNING"],
             SILVASONIC_HEALTH_PORT=str(port), BENCH_PROFILE_OUT=str(out),
+            **({CPU_ENV: "1"} if args.cpu else {}),
         )  # fmt: skip
         h.add_recordings(wavs[:5], 48_000, 10.0)  # warm-up
         assert wait_until(lambda: h.sql("SELECT count(*) FROM uploads WHERE success") == 5, 120)
@@ -100,7 +113,7 @@ def main() -> int:
         ), f"not drained; logs in {h.logs}"
         wall = time.monotonic() - t0
         worker.stop()
-        profs = sorted(h.tmp.glob("profile.*.prof"))
+        profs = sorted(p for p in h.tmp.glob("profile.*.prof") if ".main." not in p.name)
         if not profs:
             print(f"no profile written; see {worker.log_path}")
             return 1
@@ -108,6 +121,10 @@ def main() -> int:
               "incl. dispatch latency); the pool child's profile:")  # fmt: skip
         stats = pstats.Stats(str(profs[0]))
         stats.sort_stats(args.sort).print_stats(args.top)
+        main_prof = h.tmp / "profile.main.prof"
+        if args.main and main_prof.exists():
+            print("the Celery main process's profile:")
+            pstats.Stats(str(main_prof)).sort_stats(args.sort).print_stats(args.top)
         counts: collections.Counter[str] = collections.Counter()
         for path in h.tmp.glob("profile.*.sql.json"):
             counts.update(json.loads(path.read_text()))

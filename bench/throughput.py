@@ -41,7 +41,7 @@ from typing import Any
 
 import psycopg2
 
-from bench._harness import SENSOR, Harness, cpu_seconds, machine, make_wavs
+from bench._harness import SENSOR, Harness, cpu_by_role, cpu_seconds, machine, make_wavs, tree_pids
 from uploader.flac_encoder import resolve_ffmpeg
 from uploader.rclone_client import RcloneClient, find_rclone_binary
 
@@ -64,6 +64,7 @@ class Sample:
     cpu_ms: float  # per pair, the side's own processes
     server_cpu_ms: float  # per pair, PostgreSQL + Redis + WebDAV server
     worker_cpu_ms: float = 0.0  # per pair, the worker's tree alone (system side)
+    split_ms: dict[str, float] | None = None  # per pair and process role (system side)
 
 
 def _children_cpu() -> float:
@@ -123,6 +124,7 @@ class Bench:
         servers = self.server_roots()
         worker = [self.h.services[n].pid for n in self.h.services if n.startswith("worker")]
         cpu0, srv0, wk0 = cpu_seconds(roots), cpu_seconds(servers), cpu_seconds(worker)
+        split0 = cpu_by_role(roots + servers, self.role)
         ids = self.h.add_recordings(files, series.rate, series.seconds)
         lo, hi = min(ids), max(ids)
         first_claim = None
@@ -142,6 +144,7 @@ class Bench:
                 break
             time.sleep(0.02)
         cpu1, srv1, wk1 = cpu_seconds(roots), cpu_seconds(servers), cpu_seconds(worker)
+        split1 = cpu_by_role(roots + servers, self.role)
         if done < len(ids) or first_claim is None:
             raise RuntimeError(f"system run drained {done}/{len(ids)} pairs in {timeout_s}s; "
                                f"logs in {self.h.logs}")  # fmt: skip
@@ -161,7 +164,20 @@ class Bench:
             (cpu1 - cpu0) * 1000 / n,
             (srv1 - srv0) * 1000 / n,
             (wk1 - wk0) * 1000 / n,
+            {k: round((v - split0.get(k, 0.0)) * 1000 / n, 2) for k, v in split1.items()},
         )
+
+    def role(self, pid: int, cmd: str) -> str:
+        """Which process of the run this is, for the CPU split."""
+        for name, service in self.h.services.items():
+            kind = name.split("-")[0]
+            if pid == service.pid:
+                return f"{kind} main"
+            if pid in tree_pids([service.pid]):
+                return f"{kind} rclone" if "rclone" in cmd else f"{kind} children"
+        if "rclone" in cmd:
+            return "webdav server"
+        return "postgres" if "postgres" in cmd else "redis" if "redis" in cmd else "other"
 
     # -- the plain loop -----------------------------------------------------------------------
 
@@ -348,6 +364,12 @@ def main() -> int:
           f"medians; {mb['cpus']} CPUs ({mb['cpu_model']}), load {mb['loadavg']} before, "
           f"{results['machine_after']['loadavg']} after")  # fmt: skip
     print("\n".join(lines))
+    print("system CPU per pair by process, ms (medians):")
+    for key, per in samples.items():
+        roles = sorted({r for x in per["system"] for r in (x.split_ms or {})})
+        split = {r: _med([(x.split_ms or {}).get(r, 0.0) for x in per["system"]]) for r in roles}
+        results["series"][key]["system_cpu_split_ms_per_pair"] = split
+        print(f"  {key:<12} " + ", ".join(f"{r} {v:.1f}" for r, v in split.items() if v >= 0.05))
     verdict = "MET" if results["target_met"] else "NOT MET"
     goal = "met" if headline is not None and headline <= GOAL_RATIO else "not met"
     print(f"ratio (webdav 48k) = {headline}: target ≤ {TARGET_RATIO} {verdict}; "

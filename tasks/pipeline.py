@@ -149,7 +149,19 @@ def encode(
         raise self.retry(
             exc=exc, countdown=retry_countdown(self.request.retries, settings)
         ) from exc
+    if not probe:  # a probe asks whether the remote is back: its upload step must try afresh
+        _start_ahead(job, pair)
     return pair.payload(size_bytes=flac.size_bytes, md5=flac.md5)
+
+
+def _start_ahead(job: PairJob, pair: Pair) -> None:
+    """Hand the FLAC to the worker's rclone daemon now (``uploader.transfer_ahead``)."""
+    rt = get_runtime()
+    try:
+        client = rt.client_for(job.remote)
+    except RemoteMisconfigured:  # the upload step reports it
+        return
+    rt.ahead.start(rt.ctx, job, client, pair.token)
 
 
 @app.task(name="uploader.upload", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
@@ -157,17 +169,20 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Send the FLAC with rclone; classify the outcome (see the module docstring)."""
     pair = Pair.from_payload(payload)
     _bind(pair, "upload", self)
+    rt = get_runtime()
     job, settings = _proceed(pair)
     if job is None or settings is None:
+        rt.ahead.discard((pair.recording_id, pair.remote_slug))
         raise Ignore()
-    rt = get_runtime()
     with pair_lock(get_engine(), pair.recording_id, pair.remote_slug) as mine:
         if not mine:  # another execution of this pair is uploading right now
+            rt.ahead.discard((pair.recording_id, pair.remote_slug))
             log.warning("pair.busy")
             raise Ignore()
         client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
+        ahead = rt.ahead.take(pair.recording_id, pair.remote_slug, pair.token)
         try:
-            remote_path, result = transfer(rt.ctx, job, client)
+            remote_path, result = transfer(rt.ctx, job, client, ahead)
         except TempSpaceExhausted as exc:
             cleanup(rt.ctx, pair.recording_id)
             raise self.retry(

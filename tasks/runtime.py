@@ -21,6 +21,7 @@ from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.rclone_client import TRANSPORT_ENV, RcloneClient
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, UploaderServiceSettings, load_station_settings
+from uploader.transfer_ahead import TransfersAhead
 from uploader.upload_stats import UploadStats
 
 TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
@@ -47,6 +48,7 @@ class Runtime:
     ctx: WorkerContext
     redis: redis.Redis[Any]
     stats: UploadStats
+    ahead: TransfersAhead = field(default_factory=TransfersAhead)
     _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
     _settings: tuple[float, StationSettings] | None = None
 
@@ -77,6 +79,7 @@ class Runtime:
         return client
 
     def close(self) -> None:
+        self.ahead.close()
         for _, client in self._clients.values():
             client.close()
         self._clients.clear()

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from uploader import flac_encoder, path_builder
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, SourceMissing
-from uploader.rclone_client import RcloneClient, RcloneResult
+from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
 from uploader.settings import StationSettings
 
 
@@ -146,14 +146,39 @@ def remote_path_for(job: PairJob) -> str:
     )
 
 
-def transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> tuple[str, RcloneResult]:
+def transfer(
+    ctx: WorkerContext,
+    job: PairJob,
+    client: RcloneClient,
+    ahead: PendingUpload | None = None,
+) -> tuple[str, RcloneResult]:
     """Upload the pair's FLAC (re-encoding it if it is gone). Only a file inside the worker's
-    own temp dir is ever sent."""
+    own temp dir is ever sent. ``ahead``: the same upload, started by :func:`start_transfer`
+    at the encode step; it is waited for instead, unless it no longer holds (then a new
+    upload runs)."""
+    remote_path = remote_path_for(job)
+    if ahead is not None and ahead.remote_path == remote_path:
+        result = client.finish_upload(ahead)
+        if result is not None:
+            return remote_path, result
+    elif ahead is not None:
+        client.abandon_upload(ahead)
+    flac = _flac_in_temp(ctx, job)
+    return remote_path, client.upload_file(flac.path, remote_path, job.bandwidth_limit)
+
+
+def start_transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> PendingUpload | None:
+    """Start the pair's upload now, without waiting (rcd only; None when it cannot be started
+    here — the upload step then runs its own). Only a file inside the worker's own temp dir."""
+    flac = _flac_in_temp(ctx, job)
+    return client.begin_upload(flac.path, remote_path_for(job), job.bandwidth_limit)
+
+
+def _flac_in_temp(ctx: WorkerContext, job: PairJob) -> FlacFile:
     flac = ensure_flac(ctx, job, checksum=False)  # the encode step reported it already
     if not flac.path.resolve().is_relative_to(ctx.temp_dir.resolve()):
         raise FileRejected("FLAC outside the worker's temp dir", recording_id=job.recording_id)
-    remote_path = remote_path_for(job)
-    return remote_path, client.upload_file(flac.path, remote_path, job.bandwidth_limit)
+    return flac
 
 
 def cleanup(ctx: WorkerContext, recording_id: int) -> None:

@@ -31,7 +31,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,7 +52,7 @@ from uploader.rclone_config import (
     render_ini,
     secret_values,
 )
-from uploader.rclone_daemon import DaemonUnavailable, JobOutcome, RcloneDaemon
+from uploader.rclone_daemon import POLL_FIRST_S, DaemonUnavailable, JobOutcome, RcloneDaemon
 from uploader.rclone_errors import RcloneErrorKind, classify_rclone_error, extract_error_messages
 from uploader.rclone_limits import (
     HARD_LIMIT_BASE_S,
@@ -168,6 +168,33 @@ def _common_flags(limit: BandwidthLimit) -> list[str]:
     if limit.arg:
         flags += ["--bwlimit", limit.arg]
     return flags
+
+
+@dataclass
+class PendingUpload:
+    """An rcd upload started ahead of the step that waits for it.
+
+    A worker encodes the next pair while the daemon still sends the previous one, so the
+    transfer leaves the pool child's critical path (bench/README.md). The file must not change
+    between start and wait (checked by size and mtime); the hard limit counts from the start.
+    """
+
+    local: Path
+    remote_path: str
+    size: int
+    mtime_ns: int
+    daemon: RcloneDaemon = field(repr=False)
+    jobid: int
+    started: float
+    limit_s: float
+    finished: bool = False
+
+    def still_matches(self) -> bool:
+        try:
+            stat = self.local.stat()
+        except OSError:
+            return False
+        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
 
 
 class RcloneClient:
@@ -394,6 +421,22 @@ class RcloneClient:
         size: int,
         started: float,
     ) -> RcloneResult:
+        job = self._start_rcd_job(local, remote_path, limit, started)
+        if isinstance(job, RcloneResult):
+            return job
+        daemon, jobid = job
+        try:
+            time.sleep(POLL_FIRST_S)  # a fresh job is never finished at once
+        except BaseException:
+            daemon.stop_job(jobid)
+            raise
+        outcome = daemon.wait_job(jobid, started + limit_s, limit_s)
+        return self._rcd_result(outcome, limit_s, size, started)
+
+    def _start_rcd_job(
+        self, local: Path, remote_path: str, limit: BandwidthLimit, started: float
+    ) -> tuple[RcloneDaemon, int] | RcloneResult:
+        """Start the copy job in the daemon: (daemon, job id), or the classified failure."""
         try:
             daemon = self._ensure_daemon(limit)
         except FileNotFoundError as exc:
@@ -416,14 +459,20 @@ class RcloneClient:
             dst_fs, dst_remote = f"{REMOTE_NAME}:/", remote_path.lstrip("/")
         else:
             dst_fs, dst_remote = f"{REMOTE_NAME}:", remote_path
-        outcome: JobOutcome = daemon.copyfile(
+        jobid = daemon.start_copy(
             str(local.parent.absolute()),
             local.name,
             dst_fs,
             dst_remote,
-            limit_s=limit_s,
             config={"CheckSum": True},
         )
+        if isinstance(jobid, JobOutcome):
+            return self._rcd_result(jobid, 0.0, 0, started)
+        return daemon, jobid
+
+    def _rcd_result(
+        self, outcome: JobOutcome, limit_s: float, size: int, started: float
+    ) -> RcloneResult:
         if outcome.timed_out:
             return self._hard_limit_hit(limit_s, started, None)
         if outcome.success:
@@ -432,6 +481,74 @@ class RcloneClient:
             return self._failed(RcloneErrorKind.CONNECTION, outcome.error, started)
         kind = classify_rclone_error(outcome.error, None)
         return self._failed(kind, outcome.error, started)
+
+    # -- uploads started ahead of their step ---------------------------------------------------
+
+    def begin_upload(
+        self, local: Path, remote_path: str, bandwidth_limit: str | None = None
+    ) -> PendingUpload | None:
+        """Start an rcd upload now and return without waiting (see :class:`PendingUpload`).
+
+        None when it cannot be started here (the cli transport, a bad limit or path, a daemon
+        that will not start): the step that needs the upload then runs :meth:`upload_file`,
+        which reports the problem. Never raises for those.
+        """
+        if self.transport != "rcd":
+            return None
+        started = time.monotonic()
+        try:
+            limit = parse_bwlimit(bandwidth_limit)
+            stat = local.stat()
+        except (SettingsInvalid, OSError):
+            return None
+        if self._check_remote_path(remote_path) or not local.is_file():
+            return None
+        with _DAEMON_LOCK:
+            _cancel_idle_stop(self.remote.slug)
+            try:
+                job = self._start_rcd_job(local, remote_path, limit, started)
+            finally:
+                _arm_idle_stop(self.remote.slug)
+        if isinstance(job, RcloneResult):
+            return None
+        daemon, jobid = job
+        limit_s = hard_limit_s(stat.st_size, limit, base_s=self.hard_limit_base_s)
+        return PendingUpload(
+            local, remote_path, stat.st_size, stat.st_mtime_ns, daemon, jobid, started, limit_s
+        )
+
+    def finish_upload(self, pending: PendingUpload) -> RcloneResult | None:
+        """Wait for an upload :meth:`begin_upload` started, within its hard limit (counted from
+        its start). None when it is no longer valid — its daemon was restarted or stopped, or
+        the file changed since — and the caller must run :meth:`upload_file` instead."""
+        if not pending.still_matches() or _DAEMONS.get(self.remote.slug) is not pending.daemon:
+            self.abandon_upload(pending)
+            return None
+        with _DAEMON_LOCK:
+            _cancel_idle_stop(self.remote.slug)
+            try:
+                outcome = pending.daemon.wait_job(
+                    pending.jobid, pending.started + pending.limit_s, pending.limit_s
+                )
+            finally:
+                _arm_idle_stop(self.remote.slug)
+        if outcome.daemon_lost:
+            return None
+        pending.finished = True
+        return self._rcd_result(outcome, pending.limit_s, pending.size, pending.started)
+
+    def upload_running(self, pending: PendingUpload) -> bool:
+        """Whether the daemon is still transferring it (one rc call until it is seen done)."""
+        if not pending.finished and pending.daemon.job_finished(pending.jobid):
+            pending.finished = True
+        return not pending.finished
+
+    def abandon_upload(self, pending: PendingUpload) -> None:
+        """Nobody will wait for it: stop the job if it still runs (its file may stay behind
+        on the remote, complete or not; the pair's next upload overwrites it)."""
+        if not pending.finished and pending.daemon.alive():
+            pending.daemon.stop_job(pending.jobid)
+        pending.finished = True
 
     def _fingerprint(self, limit: BandwidthLimit) -> str:
         blob = json.dumps(

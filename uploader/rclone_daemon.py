@@ -276,22 +276,19 @@ class RcloneDaemon:
             raise RcCallFailed(method, status, str(error))
         return data if isinstance(data, dict) else {"result": data}
 
-    def copyfile(
+    def start_copy(
         self,
         src_fs: str,
         src_remote: str,
         dst_fs: str,
         dst_remote: str,
         *,
-        limit_s: float,
         config: Mapping[str, Any] | None = None,
-    ) -> JobOutcome:
-        """Copy one file as an async job, wait for it at most ``limit_s`` seconds.
+    ) -> int | JobOutcome:
+        """Start ``operations/copyfile`` as an async job: its job id, or the failure.
 
-        On the deadline the job is stopped (``job/stop``) and the outcome says ``timed_out``.
-        If the caller is interrupted while waiting (KeyboardInterrupt, Celery's soft time
-        limit: any BaseException) the job is stopped, or the daemon killed if it does not
-        answer, and the exception propagates.
+        Wait for it with :meth:`wait_job`, or stop it with :meth:`stop_job`: a transfer must
+        never outlive the task that needs it.
         """
         params: dict[str, Any] = {
             "srcFs": src_fs,
@@ -304,17 +301,32 @@ class RcloneDaemon:
             params["_config"] = dict(config)
         try:
             jobid = int(self.rc("operations/copyfile", **params)["jobid"])
-            self.last_jobid = jobid
         except DaemonUnavailable as exc:
             return JobOutcome(False, str(exc), daemon_lost=True)
         except RcCallFailed as exc:
             return JobOutcome(False, exc.error)
-        deadline = time.monotonic() + limit_s
+        self.last_jobid = jobid
+        return jobid
+
+    def job_finished(self, jobid: int) -> bool:
+        """Whether the job is over (an unknown job, or a daemon that does not answer, is)."""
+        try:
+            return bool(self.rc("job/status", jobid=jobid).get("finished"))
+        except (DaemonUnavailable, RcCallFailed):
+            return True
+
+    def wait_job(self, jobid: int, deadline: float, limit_s: float) -> JobOutcome:
+        """Wait for a job started by :meth:`start_copy` until ``deadline`` (monotonic).
+
+        On the deadline the job is stopped (``job/stop``) and the outcome says ``timed_out``.
+        If the caller is interrupted while waiting (KeyboardInterrupt, Celery's soft time
+        limit: any BaseException) the job is stopped, or the daemon killed if it does not
+        answer, and the exception propagates.
+        """
         finished = False
         try:
             delay = POLL_FIRST_S
             while True:
-                time.sleep(delay)
                 status = self.rc("job/status", jobid=jobid)
                 if status.get("finished"):
                     finished = True
@@ -327,6 +339,7 @@ class RcloneDaemon:
                     return JobOutcome(
                         False, f"hard limit of {limit_s:.0f}s exceeded", timed_out=True
                     )
+                time.sleep(delay)
                 delay = min(delay * POLL_FACTOR, POLL_MAX_S)
         except (DaemonUnavailable, RcCallFailed) as exc:
             finished = True  # nothing left to stop
@@ -335,6 +348,11 @@ class RcloneDaemon:
             if not finished:
                 # interrupted while waiting: the transfer must not outlive the task
                 self._stop_job(jobid)
+
+    def stop_job(self, jobid: int) -> None:
+        """Stop a job nobody will wait for (it may have finished already)."""
+        if not self.job_finished(jobid):
+            self._stop_job(jobid)
 
     def _stop_job(self, jobid: int) -> None:
         """job/stop, then wait briefly for the job to finish; kill the daemon if it will not."""
