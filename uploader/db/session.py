@@ -6,11 +6,15 @@ call :func:`dispose_engine` first so it never shares a parent's socket.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from uploader.settings import DatabaseSettings
 
@@ -20,18 +24,56 @@ _factory: sessionmaker[Session] | None = None
 # connect timeout and pool timeout as upstream's session factory (contract §1.7)
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 5
+#: a pooled connection idle for longer than this is pinged before use
+PING_AFTER_IDLE_S = 2.0
+_CHECKED_IN = "silvasonic_checked_in"
 
 
 def make_engine(url: str, *, pool_size: int = 2) -> Engine:
-    """A small pool: a worker runs one task at a time; the dispatcher one cycle at a time."""
-    return create_engine(
+    """A small pool: a worker runs one task at a time; the dispatcher one cycle at a time.
+
+    A pooled connection is pinged before use only when it sat idle for ``PING_AFTER_IDLE_S``
+    (see :func:`_ping_if_idle`).
+    """
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=2,
         pool_timeout=POOL_TIMEOUT_S,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
+    event.listen(engine, "connect", _note_checkin)  # a new connection needs no ping
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _note_checkin(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_CHECKED_IN] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_conn: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    """Ping a connection that sat idle (the server may have restarted meanwhile); a dead one
+    raises ``DisconnectionError``, on which the pool opens a fresh connection instead.
+
+    ``pool_pre_ping`` pings at every checkout: 4 round trips per pair in a busy worker, whose
+    connections were in use a few milliseconds ago (bench/profile_worker.py). A connection
+    that breaks between two busy uses (the server restarted mid-run) fails its statement
+    instead; SQLAlchemy then drops the whole pool, and the task's failure path re-offers the
+    pair — as it must anyway for the statement that was running when the server went away.
+    """
+    if time.monotonic() - record.info.get(_CHECKED_IN, 0.0) < PING_AFTER_IDLE_S:
+        return
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:
+        raise DisconnectionError(f"connection lost while idle: {type(exc).__name__}") from exc
 
 
 def get_engine() -> Engine:
