@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from uploader.db.models import RemoteStatus, StorageRemote
@@ -80,11 +81,7 @@ def misconfiguration(session: Session, remote: StorageRemote) -> str | None:
 def active_remotes(session: Session, settings: StationSettings | None = None) -> ActiveRemotes:
     """Compute required, running and skipped remotes from one consistent read."""
     settings = settings or load_station_settings(session)
-    rows = session.scalars(
-        select(StorageRemote)
-        .where(StorageRemote.is_active.is_(True))
-        .order_by(StorageRemote.created_at.asc().nulls_last(), StorageRemote.slug.asc())
-    ).all()
+    rows = session.scalars(_in_required_order(select(StorageRemote))).all()
     cap = settings.system.max_uploaders
     required_rows, over = rows[:cap], rows[cap:]
     skipped = [Skipped(r.slug, SkipReason.over_cap, f"system.max_uploaders is {cap}") for r in over]
@@ -101,3 +98,21 @@ def active_remotes(session: Session, settings: StationSettings | None = None) ->
         else:
             running.append(ref)
     return ActiveRemotes(tuple(required), tuple(running), tuple(skipped))
+
+
+def required_slugs(session: Session, settings: StationSettings | None = None) -> tuple[str, ...]:
+    """Only the required remotes' slugs, in one statement: the completion rule runs at every
+    audit and needs neither the remotes' configurations nor their states."""
+    settings = settings or load_station_settings(session)
+    cap = settings.system.max_uploaders
+    if cap <= 0:
+        return ()
+    query = _in_required_order(select(StorageRemote.slug)).limit(cap)
+    return tuple(session.scalars(query).all())
+
+
+def _in_required_order(query: Select[Any]) -> Select[Any]:
+    """The active remotes, oldest first: the order the ``max_uploaders`` cut is made in."""
+    return query.where(StorageRemote.is_active.is_(True)).order_by(
+        StorageRemote.created_at.asc().nulls_last(), StorageRemote.slug.asc()
+    )

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader.active import active_remotes
+from uploader.active import required_slugs
 from uploader.errors import SettingsInvalid
 from uploader.redact import redact
 
@@ -125,7 +125,8 @@ def log_upload_attempt(
     session.flush()  # the caller's pending ORM rows (a recording made in this session)
     # the lock is taken before anything else, so the completion check below runs after any
     # other remote's success for this recording has committed (see _complete_if_done)
-    if success and session.execute(_LOCK_RECORDING, {"rid": recording_id}).first() is None:
+    locked = session.execute(_LOCK_RECORDING, {"rid": recording_id}).first() if success else None
+    if success and locked is None:
         raise LookupError(f"recording {recording_id} does not exist")
     row_id = session.execute(
         _INSERT,
@@ -146,7 +147,8 @@ def log_upload_attempt(
     if not success:
         uploaded = session.execute(_READ_UPLOADED, {"rid": recording_id}).scalar()
         return AuditResult(inserted, bool(uploaded))
-    return AuditResult(inserted, _complete_if_done(session, recording_id))
+    already = bool(locked is not None and locked.uploaded)
+    return AuditResult(inserted, already or _complete_if_done(session, recording_id))
 
 
 def recompute_uploaded(session: Session) -> int:
@@ -176,14 +178,13 @@ def list_deletable(session: Session, limit: int) -> list[Deletable]:
 
 
 def _complete_if_done(session: Session, recording_id: int) -> bool:
-    """Under the recording lock: set ``uploaded`` if every required remote has it.
+    """Under the recording lock, which read it not ``uploaded`` yet: set ``uploaded`` if
+    every required remote has it.
 
     The lock makes two remotes' audits of one recording run this one after the other, and
     each statement sees what committed before it (READ COMMITTED), so the later one sees both
     success rows: a recording whose last two remotes finish at the same instant is flagged.
     """
-    if session.execute(_READ_UPLOADED, {"rid": recording_id}).scalar():
-        return True
     required = _required(session)
     if not required:
         return False
@@ -198,7 +199,7 @@ def _required(session: Session) -> tuple[str, ...]:
     """The required remotes, or none when the settings cannot be read: then nothing is
     flagged now (the safe side) and the dispatcher's sweep flags it once they are fixed."""
     try:
-        return active_remotes(session).required_slugs
+        return required_slugs(session)
     except SettingsInvalid as exc:
         log.error("recording.completion_skipped", reason=str(exc))
         return ()

@@ -1,4 +1,4 @@
-"""``active_remotes`` on real PostgreSQL: order, the ``max_uploaders`` cap, the global pause,
+"""``active_remotes`` (and ``required_slugs``, which must agree with it) on real PostgreSQL: order, the ``max_uploaders`` cap, the global pause,
 misconfigured remotes (invalid config, or a worker's mark that a config change clears), empty
 sets and ``is_active`` NULL (design.md §2)."""
 
@@ -11,13 +11,21 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_remote, set_config
-from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.active import ActiveRemotes, SkipReason, active_remotes, required_slugs
 from uploader.db.models import RemoteStatus, StorageRemote
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WEBDAV_OK = {"url": "https://cloud.example.org/remote.php/webdav/", "user": "u", "pass": "p"}
+
+
+def _active_remotes(session: Session, settings: StationSettings | None = None) -> ActiveRemotes:
+    """``active_remotes``, checked against ``required_slugs``: the completion rule's one-statement
+    read of the required set must agree with it in every case of this module."""
+    active = active_remotes(session, settings)
+    assert required_slugs(session, settings) == active.required_slugs
+    return active
 
 
 def _skips(active: ActiveRemotes) -> dict[str, SkipReason]:
@@ -47,7 +55,7 @@ def test_order_is_created_at_then_slug(session: Session) -> None:
     set_config(session, "system", {"max_uploaders": 10})
     session.commit()
     # when
-    active = active_remotes(session)
+    active = _active_remotes(session)
     # then
     assert active.required_slugs == ("early", "tie-a", "tie-b", "late")
     assert active.running_slugs == active.required_slugs
@@ -59,7 +67,7 @@ def test_null_created_at_sorts_last(session: Session) -> None:
     session.execute(text("UPDATE storage_remotes SET created_at = NULL WHERE slug = 'a-undated'"))
     make_remote(session, "z-dated", created_at=T0)
     session.commit()
-    assert active_remotes(session).required_slugs == ("z-dated", "a-undated")
+    assert _active_remotes(session).required_slugs == ("z-dated", "a-undated")
 
 
 def test_cap_cuts_required_and_running(session: Session) -> None:
@@ -67,7 +75,7 @@ def test_cap_cuts_required_and_running(session: Session) -> None:
     set_config(session, "system", {"max_uploaders": 2})
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
 
     assert active.required_slugs == ("first", "second")
     assert active.running_slugs == ("first", "second")
@@ -78,14 +86,14 @@ def test_cap_cuts_required_and_running(session: Session) -> None:
 def test_default_cap_is_three(session: Session) -> None:
     _remotes(session, "r1", "r2", "r3", "r4")
     session.commit()
-    assert active_remotes(session).required_slugs == ("r1", "r2", "r3")
+    assert _active_remotes(session).required_slugs == ("r1", "r2", "r3")
 
 
 def test_cap_zero_requires_nothing(session: Session) -> None:
     _remotes(session, "r1", "r2")
     set_config(session, "system", {"max_uploaders": 0})
     session.commit()
-    active = active_remotes(session)
+    active = _active_remotes(session)
     assert active.required == () and active.running == ()
     assert _skips(active) == {"r1": SkipReason.over_cap, "r2": SkipReason.over_cap}
 
@@ -95,7 +103,7 @@ def test_pause_empties_running_but_not_required(session: Session) -> None:
     set_config(session, "uploader", {"enabled": False})
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
 
     assert active.required_slugs == ("r1", "r2")
     assert active.running == ()
@@ -107,7 +115,7 @@ def test_invalid_config_is_required_not_running_and_skipped_with_reason(session:
     make_remote(session, "fine", type="local", created_at=T0 + timedelta(minutes=1))
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
 
     assert active.required_slugs == ("broken", "fine")
     assert active.running_slugs == ("fine",)
@@ -119,7 +127,7 @@ def test_invalid_config_is_required_not_running_and_skipped_with_reason(session:
 def test_unknown_type_is_misconfigured(session: Session) -> None:
     make_remote(session, "ftp-box", type="ftp", config={"host": "h"})
     session.commit()
-    active = active_remotes(session)
+    active = _active_remotes(session)
     assert active.required_slugs == ("ftp-box",)
     assert active.running == ()
     assert _skips(active) == {"ftp-box": SkipReason.misconfigured}
@@ -136,7 +144,7 @@ def test_misconfigured_remote_takes_its_slot_under_the_cap(session: Session) -> 
     set_config(session, "system", {"max_uploaders": 2})
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
 
     assert active.required_slugs == ("broken", "ok-1")
     assert active.running_slugs == ("ok-1",)
@@ -148,7 +156,7 @@ def test_worker_mark_with_matching_fingerprint_is_misconfigured(session: Session
     _mark(session, "nc", "misconfigured", config_fingerprint("webdav", WEBDAV_OK, "/a"))
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
 
     assert active.required_slugs == ("nc",)
     assert active.running == ()
@@ -161,13 +169,13 @@ def test_changed_config_clears_the_worker_mark(session: Session) -> None:
     remote = make_remote(session, "nc", type="webdav", config=WEBDAV_OK, target_path="/a")
     _mark(session, "nc", "misconfigured", config_fingerprint("webdav", WEBDAV_OK, "/a"))
     session.commit()
-    assert active_remotes(session).running == ()
+    assert _active_remotes(session).running == ()
 
     # the operator fixes the password
     remote.config = {**WEBDAV_OK, "pass": "the-right-one"}
     session.commit()
 
-    active = active_remotes(session)
+    active = _active_remotes(session)
     assert active.running_slugs == ("nc",)
     assert active.skipped == ()
 
@@ -182,17 +190,17 @@ def test_changed_target_path_also_clears_the_mark(session: Session) -> None:
     )
     _mark(session, "s3", "misconfigured", config_fingerprint("s3", remote.config, "bucket-typo"))
     session.commit()
-    assert active_remotes(session).running == ()
+    assert _active_remotes(session).running == ()
     remote.target_path = "bucket"
     session.commit()
-    assert active_remotes(session).running_slugs == ("s3",)
+    assert _active_remotes(session).running_slugs == ("s3",)
 
 
 def test_mark_without_fingerprint_holds(session: Session) -> None:
     make_remote(session, "nc", type="webdav", config=WEBDAV_OK)
     _mark(session, "nc", "misconfigured", None)
     session.commit()
-    assert _skips(active_remotes(session)) == {"nc": SkipReason.misconfigured}
+    assert _skips(_active_remotes(session)) == {"nc": SkipReason.misconfigured}
 
 
 def test_unavailable_remote_keeps_running(session: Session) -> None:
@@ -200,7 +208,7 @@ def test_unavailable_remote_keeps_running(session: Session) -> None:
     make_remote(session, "nc", type="webdav", config=WEBDAV_OK)
     _mark(session, "nc", "unavailable", config_fingerprint("webdav", WEBDAV_OK, None))
     session.commit()
-    active = active_remotes(session)
+    active = _active_remotes(session)
     assert active.running_slugs == ("nc",)
 
 
@@ -208,17 +216,17 @@ def test_misconfigured_while_paused_is_reported_as_misconfigured(session: Sessio
     make_remote(session, "broken", type="webdav", config={})
     set_config(session, "uploader", {"enabled": False})
     session.commit()
-    assert _skips(active_remotes(session)) == {"broken": SkipReason.misconfigured}
+    assert _skips(_active_remotes(session)) == {"broken": SkipReason.misconfigured}
 
 
 def test_no_remotes_gives_empty_sets(session: Session) -> None:
-    assert active_remotes(session) == ActiveRemotes((), (), ())
+    assert _active_remotes(session) == ActiveRemotes((), (), ())
 
 
 def test_inactive_remotes_are_neither_required_nor_skipped(session: Session) -> None:
     _remotes(session, "off-1", "off-2", is_active=False)
     session.commit()
-    assert active_remotes(session) == ActiveRemotes((), (), ())
+    assert _active_remotes(session) == ActiveRemotes((), (), ())
 
 
 def test_is_active_null_is_inactive(session: Session) -> None:
@@ -227,7 +235,7 @@ def test_is_active_null_is_inactive(session: Session) -> None:
     session.execute(text("UPDATE storage_remotes SET is_active = NULL WHERE slug = 'unknown'"))
     session.commit()
     assert session.get(StorageRemote, "unknown") is not None
-    active = active_remotes(session)
+    active = _active_remotes(session)
     assert active.required_slugs == ("on",)
     assert "unknown" not in _skips(active)
 
@@ -237,13 +245,13 @@ def test_inactive_remotes_do_not_take_a_slot(session: Session) -> None:
     session.execute(text("UPDATE storage_remotes SET is_active = false WHERE slug = 'a'"))
     set_config(session, "system", {"max_uploaders": 2})
     session.commit()
-    assert active_remotes(session).required_slugs == ("b", "c")
+    assert _active_remotes(session).required_slugs == ("b", "c")
 
 
 def test_refs_carry_what_callers_need(session: Session) -> None:
     make_remote(session, "nas", type="local", target_path="/mnt/nas", name="Garage NAS")
     session.commit()
-    (ref,) = active_remotes(session).required
+    (ref,) = _active_remotes(session).required
     assert (ref.slug, ref.type, ref.name, ref.target_path) == (
         "nas",
         "local",
@@ -257,4 +265,4 @@ def test_settings_passed_in_are_used_instead_of_a_read(session: Session) -> None
     set_config(session, "system", {"max_uploaders": 2})
     session.commit()
     given = StationSettings(uploader=UploaderSettings(), system=SystemSettings(max_uploaders=1))
-    assert active_remotes(session, given).required_slugs == ("r1",)
+    assert _active_remotes(session, given).required_slugs == ("r1",)

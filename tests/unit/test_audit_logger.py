@@ -14,24 +14,23 @@ from unittest.mock import MagicMock
 import pytest
 
 from uploader import audit_logger
-from uploader.active import ActiveRemotes
 from uploader.errors import SettingsInvalid
 
 
 def test_recompute_with_an_empty_required_set_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(audit_logger, "active_remotes", lambda _s: ActiveRemotes((), ()))
+    monkeypatch.setattr(audit_logger, "required_slugs", lambda _s: ())
     session = MagicMock()
     assert audit_logger.recompute_uploaded(session) == 0
     session.execute.assert_not_called()
 
 
 def test_recompute_with_unreadable_settings_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(_s: object) -> ActiveRemotes:
+    def broken(_s: object) -> tuple[str, ...]:
         raise SettingsInvalid("system", "max_uploaders", "not an integer")
 
-    monkeypatch.setattr(audit_logger, "active_remotes", broken)
+    monkeypatch.setattr(audit_logger, "required_slugs", broken)
     session = MagicMock()
     assert audit_logger.recompute_uploaded(session) == 0
     session.execute.assert_not_called()
