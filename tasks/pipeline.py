@@ -38,10 +38,11 @@ from uploader.errors import (
 from uploader.pair_lock import pair_lock
 from uploader.pipeline import (
     PairJob,
+    begin_step,
     cleanup,
     ensure_flac,
     is_local_deleted,
-    load_job,
+    remote_path_for,
     transfer,
 )
 from uploader.redact import redact
@@ -51,6 +52,10 @@ from uploader.settings import StationSettings, load_station_settings
 log = structlog.get_logger(__name__)
 conf = app.conf
 TIME_LIMITS = {"time_limit": conf.task_time_limit, "soft_time_limit": conf.task_soft_time_limit}
+#: how long an upload step waits for a pair another execution is uploading: a transfer another
+#: worker started ahead (two workers on one queue, during a recreate) usually ends within
+#: seconds; past this the step ends and the pair waits for its lease to expire
+PAIR_BUSY_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -92,18 +97,18 @@ def _proceed(pair: Pair) -> tuple[PairJob | None, StationSettings | None]:
         log.error("pair.wrong_queue", worker_remote=rt.ctx.remote_slug)
         return None, None
     with session_scope() as s:
-        if not leases.renew(
-            s, pair.recording_id, pair.remote_slug, pair.token, conf.uploader_lease_s
-        ):
+        settings = rt.station_settings(s)
+        start = begin_step(
+            s, pair.recording_id, pair.remote_slug, pair.token, conf.uploader_lease_s, settings
+        )
+        if not start.renewed:
             log.info("pair.lease_lost")
             return None, None
-        state = remote_state.get_state(s, pair.remote_slug)
-        if state.state != "ok" and not pair.probe:
+        if start.remote_state.state != "ok" and not pair.probe:
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            log.info("pair.deferred", remote_state=state.state)
+            log.info("pair.deferred", remote_state=start.remote_state.state)
             return None, None
-        settings = get_runtime().station_settings(s)
-        job = load_job(s, pair.recording_id, pair.remote_slug, settings)
+        job = start.job
         if job is None:
             leases.finish(s, pair.recording_id, pair.remote_slug, pair.token)
             log.info("pair.recording_gone")
@@ -174,20 +179,24 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     if job is None or settings is None:
         rt.ahead.discard((pair.recording_id, pair.remote_slug))
         raise Ignore()
-    with pair_lock(get_engine(), pair.recording_id, pair.remote_slug) as mine:
-        if not mine:  # another execution of this pair is uploading right now
-            rt.ahead.discard((pair.recording_id, pair.remote_slug))
-            log.warning("pair.busy")
-            raise Ignore()
-        client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
-        ahead = rt.ahead.take(pair.recording_id, pair.remote_slug, pair.token)
-        try:
-            remote_path, result = transfer(rt.ctx, job, client, ahead)
-        except TempSpaceExhausted as exc:
-            cleanup(rt.ctx, pair.recording_id)
-            raise self.retry(
-                exc=exc, countdown=retry_countdown(self.request.retries, settings)
-            ) from exc
+    client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
+    remote_path = remote_path_for(job)
+    # the transfer the encode step started ahead, if it holds (uploader.transfer_ahead)
+    result = rt.ahead.finish(pair.recording_id, pair.remote_slug, pair.token, remote_path)
+    if result is None:
+        with pair_lock(
+            get_engine(), pair.recording_id, pair.remote_slug, wait_s=PAIR_BUSY_WAIT_S
+        ) as mine:
+            if not mine:  # another execution of this pair is still uploading it
+                log.warning("pair.busy")
+                raise Ignore()
+            try:
+                remote_path, result = transfer(rt.ctx, job, client)
+            except TempSpaceExhausted as exc:
+                cleanup(rt.ctx, pair.recording_id)
+                raise self.retry(
+                    exc=exc, countdown=retry_countdown(self.request.retries, settings)
+                ) from exc
     if result.success:
         return pair.payload(
             remote_path=remote_path,

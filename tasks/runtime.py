@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
+from uploader.db.session import get_engine
 from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.rclone_client import TRANSPORT_ENV, RcloneClient
@@ -48,7 +49,7 @@ class Runtime:
     ctx: WorkerContext
     redis: redis.Redis[Any]
     stats: UploadStats
-    ahead: TransfersAhead = field(default_factory=TransfersAhead)
+    ahead: TransfersAhead = field(default_factory=lambda: TransfersAhead(get_engine))
     _clients: dict[str, tuple[str, RcloneClient]] = field(default_factory=dict)
     _settings: tuple[float, StationSettings] | None = None
 

@@ -94,13 +94,14 @@ _PAIR = "recording_id = :rid AND remote_slug = :slug"
 _CHECK = text(
     f"SELECT 1 FROM pair_state WHERE {_PAIR} AND lease_token = :token AND lease_until > now()"
 )
-_RENEW = text(
-    f"""
+#: the renewal (see :func:`renew`), also run as the data-modifying CTE of a pipeline step's
+#: first statement (``uploader.pipeline.begin_step``), with :func:`renew_params`
+RENEW_SQL = f"""
     UPDATE pair_state SET lease_until = now() + make_interval(secs => :lease_s), updated_at = now()
     WHERE {_PAIR} AND lease_token = :token
     RETURNING lease_until
-    """
-)
+"""
+_RENEW = text(RENEW_SQL)
 _RELEASE = text(
     f"""
     UPDATE pair_state SET lease_token = NULL, lease_until = NULL, updated_at = now()
@@ -223,10 +224,16 @@ def renew(
     nobody else holds the pair, and a claim replaces the token under a row lock, so at most
     one holder can ever renew.
     """
+    params = renew_params(recording_id, remote_slug, token, lease_s)
+    return params is not None and session.execute(_RENEW, params).first() is not None
+
+
+def renew_params(
+    recording_id: int, remote_slug: str, token: str, lease_s: float
+) -> dict[str, Any] | None:
+    """Bind parameters of ``RENEW_SQL``; None for a token that can match nothing."""
     params = _params(recording_id, remote_slug, token)
-    if params is None:
-        return False
-    return session.execute(_RENEW, {**params, "lease_s": lease_s}).first() is not None
+    return None if params is None else {**params, "lease_s": lease_s}
 
 
 def release(session: Session, recording_id: int, remote_slug: str, token: str) -> bool:

@@ -17,10 +17,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import flac_encoder, path_builder
+from uploader import flac_encoder, leases, path_builder, remote_state
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, SourceMissing
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
+from uploader.remote_state import RemoteState
 from uploader.settings import StationSettings
 
 
@@ -84,7 +85,11 @@ def load_job(
     """None when the recording is gone or ``local_deleted`` (the pair is simply done with), or
     the remote is gone."""
     row = session.execute(_JOB, {"rid": recording_id, "slug": remote_slug}).first()
-    if row is None or row.local_deleted or row.slug is None:
+    return _job_from_row(row, settings)
+
+
+def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
+    if row is None or row.id is None or row.local_deleted or row.slug is None:
         return None
     return PairJob(
         recording_id=row.id,
@@ -101,6 +106,50 @@ def load_job(
         station_name=settings.system.station_name,
         bandwidth_limit=settings.uploader.bandwidth_limit,
     )
+
+
+@dataclass(frozen=True)
+class StepStart:
+    """What a pipeline step learns before it acts (see :func:`begin_step`)."""
+
+    renewed: bool  # False: a stale token, the step must do nothing
+    remote_state: RemoteState
+    job: PairJob | None  # None: the recording or the remote is gone, or local_deleted
+
+
+# The lease renewal (leases.RENEW_SQL, a data-modifying CTE), the remote's state and the job in
+# one round trip: every step of every pair begins with them (3 statements before)
+_BEGIN = text(
+    f"""
+    WITH renewed AS ({leases.RENEW_SQL})
+    SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
+           st.state, st.since, st.detail,
+           r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted,
+           s.slug, s.type, s.config, s.target_path, s.is_active
+    FROM (SELECT 1) AS one
+    LEFT JOIN remote_status st ON st.remote_slug = :slug
+    LEFT JOIN recordings r ON r.id = :rid
+    LEFT JOIN storage_remotes s ON s.slug = :slug
+    """
+)
+
+
+def begin_step(
+    session: Session,
+    recording_id: int,
+    remote_slug: str,
+    token: str,
+    lease_s: float,
+    settings: StationSettings,
+) -> StepStart:
+    """Renew the pair's lease (as ``leases.renew``), and read the remote's state and the job
+    (as ``remote_state.get_state`` and :func:`load_job`), in one statement."""
+    params = leases.renew_params(recording_id, remote_slug, token, lease_s)
+    if params is None:
+        return StepStart(False, remote_state.from_row(None, None, None), None)
+    row = session.execute(_BEGIN, params).one()
+    state = remote_state.from_row(row.state, row.since, row.detail)
+    return StepStart(bool(row.renewed), state, _job_from_row(row, settings))
 
 
 def is_local_deleted(session: Session, recording_id: int) -> bool:
@@ -146,24 +195,11 @@ def remote_path_for(job: PairJob) -> str:
     )
 
 
-def transfer(
-    ctx: WorkerContext,
-    job: PairJob,
-    client: RcloneClient,
-    ahead: PendingUpload | None = None,
-) -> tuple[str, RcloneResult]:
+def transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> tuple[str, RcloneResult]:
     """Upload the pair's FLAC (re-encoding it if it is gone). Only a file inside the worker's
-    own temp dir is ever sent. ``ahead``: the same upload, started by :func:`start_transfer`
-    at the encode step; it is waited for instead, unless it no longer holds (then a new
-    upload runs)."""
-    remote_path = remote_path_for(job)
-    if ahead is not None and ahead.remote_path == remote_path:
-        result = client.finish_upload(ahead)
-        if result is not None:
-            return remote_path, result
-    elif ahead is not None:
-        client.abandon_upload(ahead)
+    own temp dir is ever sent."""
     flac = _flac_in_temp(ctx, job)
+    remote_path = remote_path_for(job)
     return remote_path, client.upload_file(flac.path, remote_path, job.bandwidth_limit)
 
 

@@ -62,7 +62,14 @@ def get_state(session: Session, slug: str) -> RemoteState:
     row = session.execute(_READ, {"slug": slug}).first()
     if row is None:
         return RemoteState(State.ok, None)
-    return RemoteState(State(row.state), row.since, row.detail)
+    return from_row(row.state, row.since, row.detail)
+
+
+def from_row(state: str | None, since: datetime | None, detail: str | None) -> RemoteState:
+    """A state read with ``remote_status``'s columns elsewhere (a LEFT JOIN: NULL is ok)."""
+    if state is None:
+        return RemoteState(State.ok, None)
+    return RemoteState(State(state), since, detail)
 
 
 def mark_unavailable(session: Session, slug: str, reason: str) -> bool:

@@ -4,15 +4,23 @@ transfer would have, never a stale one, and nothing transfers that nobody waits 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
+from tests.factories import write_wav
 from tests.fixtures.remote_servers import RemoteServer, StallingServer
+from uploader import transfer_ahead
+from uploader.pair_lock import pair_lock
+from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac, remote_path_for
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneErrorKind
+from uploader.transfer_ahead import TransfersAhead
 
 DAY = "silvasonic/test-station/mic-1/2026-11-26"
 
@@ -148,3 +156,77 @@ def test_an_abandoned_transfer_is_stopped(
 def test_cli_transport_starts_nothing_ahead(webdav_server: RemoteServer, tmp_path: Path) -> None:
     c = RcloneClient("cli", "webdav", dict(webdav_server.config), "archive", transport="cli")
     assert c.begin_upload(a_file(tmp_path, "g.flac"), f"archive/{DAY}/g.flac") is None
+
+
+# -- TransfersAhead with the real pair lock ---------------------------------------------------
+
+
+def _job(tmp_path: Path, rid: int, server: RemoteServer) -> tuple[WorkerContext, PairJob]:
+    workspace, temp = tmp_path / "workspace", tmp_path / "temp"
+    temp.mkdir(exist_ok=True)
+    write_wav(workspace / f"mic-1/rec{rid}.wav", seconds=10.0, seed=rid)
+    ctx = WorkerContext("ahead", workspace, temp)
+    job = PairJob(
+        recording_id=rid,
+        file_raw=f"mic-1/rec{rid}.wav",
+        sensor_id="mic-1",
+        time=datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
+        remote=RemoteSnapshot("ahead", "webdav", dict(server.config), "archive", True),
+        station_name="Test Station",
+        bandwidth_limit="40k",  # ≈ 10 s for this FLAC: still running when the others look
+    )
+    return ctx, job
+
+
+def test_no_second_execution_uploads_a_pair_while_its_transfer_runs_ahead(
+    engine: Engine, client: RcloneClient, webdav_server: RemoteServer, tmp_path: Path
+) -> None:
+    # given a transfer started ahead (a slow one: 40 KiB/s)
+    ctx, job = _job(tmp_path, 7, webdav_server)
+    ahead = TransfersAhead(lambda: engine)
+    try:
+        assert ahead.start(ctx, job, client, "token-1")
+
+        # then another execution of the pair (a second worker on the queue, a redelivery)
+        # finds it locked, and cannot start one ahead either
+        with pair_lock(engine, 7, "ahead") as mine:
+            assert not mine
+        other = TransfersAhead(lambda: engine)
+        assert not other.start(ctx, job, client, "token-2")
+        other.close()
+
+        # when the upload step waits for it, the pair is free again
+        path = remote_path_for(job)
+        result = ahead.finish(7, "ahead", "token-1", path)
+        assert result is not None and result.success, result
+        with pair_lock(engine, 7, "ahead") as mine:
+            assert mine
+        flac = ensure_flac(ctx, job, checksum=False)
+        assert webdav_server.uploaded(path).read_bytes() == flac.path.read_bytes()
+    finally:
+        ahead.close()
+
+
+def test_an_idle_worker_releases_the_pair_once_its_transfer_ended(
+    engine: Engine,
+    client: RcloneClient,
+    webdav_server: RemoteServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker took the upload step (and got "busy"): once the transfer ends, the pair
+    must not stay locked by a worker that may have nothing more to do."""
+    monkeypatch.setattr(transfer_ahead, "WATCH_S", 0.05)
+    ctx, job = _job(tmp_path, 8, webdav_server)
+    ahead = TransfersAhead(lambda: engine)
+    try:
+        assert ahead.start(ctx, dataclasses.replace(job, bandwidth_limit="0"), client, "t")
+        deadline = time.monotonic() + 30
+        free = False
+        while not free and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with pair_lock(engine, 8, "ahead") as mine:
+                free = mine
+        assert free
+    finally:
+        ahead.close()
