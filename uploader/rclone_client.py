@@ -406,11 +406,11 @@ class RcloneClient:
     ) -> RcloneResult:
         """One upload through the daemon; the idle stop waits for it and is re-armed after."""
         with _DAEMON_LOCK:
-            _cancel_idle_stop(self.remote.slug)
+            _touch(self.remote.slug)
             try:
                 return self._upload_rcd_now(local, remote_path, limit, limit_s, size, started)
             finally:
-                _arm_idle_stop(self.remote.slug)
+                _touch(self.remote.slug)
 
     def _upload_rcd_now(
         self,
@@ -504,11 +504,11 @@ class RcloneClient:
         if self._check_remote_path(remote_path) or not local.is_file():
             return None
         with _DAEMON_LOCK:
-            _cancel_idle_stop(self.remote.slug)
+            _touch(self.remote.slug)
             try:
                 job = self._start_rcd_job(local, remote_path, limit, started)
             finally:
-                _arm_idle_stop(self.remote.slug)
+                _touch(self.remote.slug)
         if isinstance(job, RcloneResult):
             return None
         daemon, jobid = job
@@ -525,13 +525,13 @@ class RcloneClient:
             self.abandon_upload(pending)
             return None
         with _DAEMON_LOCK:
-            _cancel_idle_stop(self.remote.slug)
+            _touch(self.remote.slug)
             try:
                 outcome = pending.daemon.wait_job(
                     pending.jobid, pending.started + pending.limit_s, pending.limit_s
                 )
             finally:
-                _arm_idle_stop(self.remote.slug)
+                _touch(self.remote.slug)
         if outcome.daemon_lost:
             return None
         pending.finished = True
@@ -600,7 +600,7 @@ class RcloneClient:
         daemon, self._daemon = self._daemon, None
         if daemon is not None:
             if _DAEMONS.get(self.remote.slug) is daemon:
-                _cancel_idle_stop(self.remote.slug)
+                _LAST_USE.pop(self.remote.slug, None)
             daemon.close()
             if _DAEMONS.get(self.remote.slug) is daemon:
                 del _DAEMONS[self.remote.slug]
@@ -661,7 +661,8 @@ class RcloneClient:
 _DAEMONS: dict[str, RcloneDaemon] = {}
 # held by an rcd upload and by the idle stop, so a daemon is never stopped under an upload
 _DAEMON_LOCK = threading.RLock()
-_IDLE_TIMERS: dict[str, threading.Timer] = {}
+_LAST_USE: dict[str, float] = {}  # slug → when its daemon was last started or waited for
+_IDLE_WATCH: tuple[int, threading.Thread] | None = None  # (pid, thread) of the idle watcher
 
 
 def rcd_idle_s() -> float:
@@ -675,33 +676,50 @@ def rcd_idle_s() -> float:
     return max(0.0, value)
 
 
-def _cancel_idle_stop(slug: str) -> None:
-    timer = _IDLE_TIMERS.pop(slug, None)
-    if timer is not None:
-        timer.cancel()
-
-
-def _arm_idle_stop(slug: str) -> None:
-    idle_s = rcd_idle_s()
-    daemon = _DAEMONS.get(slug)
-    if idle_s <= 0 or daemon is None:
+def _touch(slug: str) -> None:
+    """A use of the slug's daemon: its idle clock starts again (one watcher thread per process
+    looks at the clocks; a timer per use cost a thread start per upload)."""
+    global _IDLE_WATCH
+    _LAST_USE[slug] = time.monotonic()
+    if _IDLE_WATCH is not None and _IDLE_WATCH[0] == os.getpid() and _IDLE_WATCH[1].is_alive():
         return
-    timer = threading.Timer(idle_s, _stop_idle_daemon, args=(slug, daemon))
-    timer.daemon = True
-    timer.name = f"rcd-idle-{slug}"
-    _IDLE_TIMERS[slug] = timer
-    timer.start()
+    if rcd_idle_s() <= 0:
+        return
+    thread = threading.Thread(target=_watch_idle, name="rcd-idle", daemon=True)
+    _IDLE_WATCH = (os.getpid(), thread)
+    thread.start()
+
+
+def _watch_idle() -> None:
+    """Stop each daemon of this process that has not been used for the idle time and has no
+    transfer running (one started ahead may still run: then its clock starts again)."""
+    global _IDLE_WATCH
+    while True:
+        idle_s = rcd_idle_s()
+        mine = {s: d for s, d in _DAEMONS.items() if d.owner_pid == os.getpid()}
+        if idle_s <= 0 or not mine:
+            _IDLE_WATCH = None
+            return
+        time.sleep(min(idle_s / 2, 1.0))
+        now = time.monotonic()
+        for slug, daemon in mine.items():
+            if now - _LAST_USE.get(slug, now) >= idle_s:
+                _stop_idle_daemon(slug, daemon)
 
 
 def _stop_idle_daemon(slug: str, daemon: RcloneDaemon) -> None:
-    """Timer thread: stop the daemon unless an upload holds it (that upload re-arms)."""
+    """Stop the daemon unless an upload holds it or a transfer still runs in it."""
     if not _DAEMON_LOCK.acquire(blocking=False):
         return
     try:
-        if _DAEMONS.get(slug) is daemon and daemon.owner_pid == os.getpid():
-            del _DAEMONS[slug]
-            _IDLE_TIMERS.pop(slug, None)
-            log.info("rclone.daemon_idle_stop", remote=slug, idle_s=rcd_idle_s())
-            daemon.close()
+        if _DAEMONS.get(slug) is not daemon or daemon.owner_pid != os.getpid():
+            return
+        if daemon.transferring():
+            _LAST_USE[slug] = time.monotonic()
+            return
+        del _DAEMONS[slug]
+        _LAST_USE.pop(slug, None)
+        log.info("rclone.daemon_idle_stop", remote=slug, idle_s=rcd_idle_s())
+        daemon.close()
     finally:
         _DAEMON_LOCK.release()

@@ -308,6 +308,14 @@ class RcloneDaemon:
         self.last_jobid = jobid
         return jobid
 
+    def transferring(self) -> bool:
+        """Whether a transfer is in progress (``core/stats``); a daemon that does not answer
+        transfers nothing."""
+        try:
+            return bool(self.rc("core/stats").get("transferring"))
+        except (DaemonUnavailable, RcCallFailed):
+            return False
+
     def job_finished(self, jobid: int) -> bool:
         """Whether the job is over (an unknown job, or a daemon that does not answer, is)."""
         try:

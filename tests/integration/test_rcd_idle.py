@@ -4,6 +4,7 @@ again by the next upload (issue 7: a worker at rest holds no daemon), never unde
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,8 +64,6 @@ def test_uploads_in_a_row_keep_one_daemon(
 def test_zero_keeps_the_daemon(
     client: RcloneClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
-
     monkeypatch.setenv(RCD_IDLE_ENV, "0")
     src = tmp_path / "a.flac"
     src.write_bytes(os.urandom(10_000))
@@ -72,3 +71,22 @@ def test_zero_keeps_the_daemon(
     assert client.daemon is not None and client.daemon.pid is not None
     time.sleep(1.0)
     assert _alive(client.daemon.pid)
+
+
+def test_a_transfer_running_ahead_keeps_its_daemon_past_the_idle_time(
+    client: RcloneClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow transfer started ahead (nobody waits for it yet) is not cut by the idle stop."""
+    monkeypatch.setenv(RCD_IDLE_ENV, "0.5")
+    src = tmp_path / "slow.flac"
+    src.write_bytes(os.urandom(100 * 1024))  # ≈ 2.5 s at 40 KiB/s
+    pending = client.begin_upload(src, str(tmp_path / "archive" / "slow.flac"), "40k")
+    assert pending is not None
+    time.sleep(2.0)  # four idle times while nobody waits for it (no lock held)
+    assert client.upload_running(pending)
+    result = client.finish_upload(pending)
+    assert result is not None and result.success, result
+    assert (tmp_path / "archive" / "slow.flac").read_bytes() == src.read_bytes()
+    # and once idle, it is stopped after all
+    pid = client.daemon.pid if client.daemon is not None else None
+    assert pid is not None and wait_until(lambda: not _alive(pid), 10, 0.1)
