@@ -38,7 +38,12 @@ broker_transport_options = {
     "socket_keepalive": True,
     "socket_timeout": 30,  # a silent Redis must not hang a worker forever
     "socket_connect_timeout": 5,
-    "retry_on_timeout": True,
+    # Never let redis-py retry (and so reconnect) inside kombu's connections: with retries on,
+    # a read on kombu's pub/sub connection (the remote-control mailbox) that hits a Redis
+    # restart reconnects silently to a connection without subscriptions, then blocks forever
+    # (redis-py reads pub/sub with no socket timeout) and the worker's event loop with it.
+    # Without retries the error reaches kombu and Celery reconnects the whole consumer.
+    "retry_on_timeout": False,
     "health_check_interval": 25,
     # kombu 5.7: how often unacked messages older than VT are restored (default ~100 s)
     "unacked_restore_interval": _int("SILVASONIC_UNACKED_RESTORE_INTERVAL_S", 10),

@@ -1,7 +1,7 @@
 """``silvasonic-uploader beat``: the dispatcher — the beat scheduler (celery-redbeat: one
 leader, a second ``beat`` waits as hot standby) plus an embedded worker consuming only
-``uploader.control``, both supervised (the scheduler exits when Redis loses its lock; the
-supervisor restarts it)."""
+``uploader.control``, both supervised (the scheduler exits when Redis loses its lock, the
+control worker when its broker consumer is stuck; the supervisor restarts either)."""
 
 from __future__ import annotations
 
@@ -37,5 +37,10 @@ def beat(loglevel: str) -> None:
     _check_schema()
     supervisor = Supervisor()
     for name, argv in dispatcher_commands(loglevel).items():
-        supervisor.add(name, argv, env={"REMAP_SIGTERM": "SIGQUIT"})
+        env = {"REMAP_SIGTERM": "SIGQUIT"}
+        if name == "control-worker":
+            # it has no /healthy and no Controller: a consumer stuck after a broker error ends
+            # the process, and this supervisor starts a new one (tasks/worker_steps.py)
+            env["SILVASONIC_EXIT_ON_CONSUMER_STALL"] = "1"
+        supervisor.add(name, argv, env=env)
     sys.exit(supervisor.run())

@@ -1,14 +1,20 @@
 """Worker life cycle: the health server and heartbeat (a bootstep in the worker's main
-process, which stays responsive while the pool child runs a task), per-child set-up after
-fork, and the final summary at shutdown.
+process, which stays responsive while the pool child runs a task), the consumer watch, per-child
+set-up after fork, and the final summary at shutdown.
 
 Only a worker started for a remote (``SILVASONIC_STORAGE_REMOTE_SLUG`` set, by
-``silvasonic-uploader worker``) serves ``/healthy`` and publishes a heartbeat.
+``silvasonic-uploader worker``) serves ``/healthy`` and publishes a heartbeat. Every worker —
+the dispatcher's control worker too — watches its own broker consumer
+(``uploader/consumer_watch.py``): a remote's worker reports a stuck consumer as ``/healthy``
+503 (the Controller recreates it), the control worker ends itself so its supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from typing import Any
 
 import redis
@@ -23,8 +29,9 @@ from celery.signals import (
 from sqlalchemy import Engine, create_engine, pool, text
 
 from uploader import remote_state, work_poller, worker_counters
+from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
-from uploader.health import HealthMonitor, HealthServer
+from uploader.health import Component, HealthMonitor, HealthServer
 from uploader.heartbeat import Heartbeat, build_payload
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 
@@ -56,6 +63,8 @@ class UploaderHealthStep(bootsteps.StartStopStep):
         client = redis.Redis.from_url(
             self.env.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
         )
+        if _watch_armed:
+            self.monitor.register_check("consumer", _consumer_component)
         self.heartbeat = Heartbeat(client, self.env.heartbeat_interval_s, self._payload)
         self.heartbeat.start()
         log.info("uploader.health_started", port=self.server.port, remote=self.slug)
@@ -103,6 +112,143 @@ class UploaderHealthStep(bootsteps.StartStopStep):
 
 _monitor: HealthMonitor | None = None
 
+# -- the consumer watch ----------------------------------------------------------------------
+
+_watch: ConsumerWatch | None = None
+# True once the consumer step is part of this worker (prefork/event-loop pools only): without
+# it nothing feeds the watch, and its verdict would be a false alarm
+_watch_armed = False
+
+
+def consumer_watch() -> ConsumerWatch:
+    """This process's watch (one consumer per worker process)."""
+    global _watch
+    if _watch is None:
+        _watch = ConsumerWatch(UploaderServiceSettings().consumer_stall_s)
+    return _watch
+
+
+def _tick_interval_s(watch: ConsumerWatch) -> float:
+    # several ticks and probes per stall window, never busier than once a second
+    return max(1.0, min(5.0, watch.stall_after_s / 4))
+
+
+def _consumer_component() -> Component:
+    verdict = consumer_watch().verdict()
+    return Component(verdict.healthy, {"state": verdict.state, **verdict.details})
+
+
+class ConsumerWatchStep(bootsteps.StartStopStep):
+    """In the consumer's blueprint, after ``Tasks``: started on every (re)connection once the
+    consumer consumes, stopped whenever the connection is lost. Its timer runs on the event
+    loop itself, so its ticks stop exactly when the loop stops turning."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.watch = consumer_watch()
+        self._entry: Any = None
+
+    def include_if(self, parent: Any) -> bool:
+        # only an event loop (prefork) can be watched this way; solo/threads have none
+        return getattr(parent, "hub", None) is not None
+
+    def create(self, parent: Any) -> None:
+        # called only when included: from now on the watch is fed, so its verdict counts
+        global _watch_armed
+        _watch_armed = True
+
+    def start(self, parent: Any) -> None:
+        self._cancel(parent)
+        self._entry = parent.hub.call_repeatedly(
+            _tick_interval_s(self.watch), self.watch.loop_alive
+        )
+        self.watch.consuming()
+        log.info("consumer.consuming", pid=os.getpid())
+
+    def stop(self, parent: Any) -> None:
+        self._cancel(parent)
+        self.watch.lost("consumer stopped (connection lost or shutting down)")
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+
+    def _cancel(self, parent: Any) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            parent.hub.timer.cancel(entry)  # cancelling twice (Celery may have) is harmless
+
+
+class ConsumerWatchdogStep(bootsteps.StartStopStep):
+    """A thread in the worker's main process that PINGs Redis (so a Redis outage is told apart
+    from a stuck consumer), logs the watch's verdict when it changes, and — in the control
+    worker (``SILVASONIC_EXIT_ON_CONSUMER_STALL``) — ends the process when it is stuck."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.env = UploaderServiceSettings()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis[Any] | None = None
+        self._last_state: str | None = None
+
+    def start(self, parent: Any) -> None:
+        if not _watch_armed:
+            return
+        self._client = redis.Redis.from_url(
+            self.env.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
+        )
+        self._thread = threading.Thread(target=self._run, name="consumer-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        watch = consumer_watch()
+        interval = _tick_interval_s(watch)
+        while not self._stop.wait(interval):
+            try:
+                self.check_once(watch)
+            except Exception as exc:  # the watchdog must never take the worker down by mistake
+                log.warning("consumer.watchdog_failed", error=type(exc).__name__)
+
+    def check_once(self, watch: ConsumerWatch) -> ConsumerVerdict:
+        assert self._client is not None
+        try:
+            watch.broker_reachable(bool(self._client.ping()))
+        except redis.RedisError:
+            watch.broker_reachable(False)
+        verdict = watch.verdict()
+        if verdict.state != self._last_state:
+            self._report(verdict)
+            self._last_state = verdict.state
+        if not verdict.healthy and self.env.exit_on_consumer_stall:
+            log.error("consumer.stalled_exit", state=verdict.state, pid=os.getpid())
+            sys.stdout.flush()
+            _end_this_worker()
+        return verdict
+
+    def _report(self, verdict: ConsumerVerdict) -> None:
+        if not verdict.healthy:
+            log.error("consumer.stalled", state=verdict.state, **verdict.details)
+        elif self._last_state in ("event_loop_stalled", "not_reconnected"):
+            log.warning("consumer.recovered", state=verdict.state)
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._client is not None:
+            self._client.close()
+
+
+def _end_this_worker() -> None:
+    """SIGKILL, because the main thread is the stuck one and a graceful stop runs there. A
+    worker started by a supervisor leads its own process group: the group kill takes its pool
+    child along (a message it held is redelivered; every step is idempotent)."""
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     if _monitor is not None:
@@ -140,6 +286,8 @@ def _on_child_shutdown(**_: Any) -> None:
 
 def install(app: Celery) -> None:
     app.steps["worker"].add(UploaderHealthStep)
+    app.steps["worker"].add(ConsumerWatchdogStep)
+    app.steps["consumer"].add(ConsumerWatchStep)
     worker_init.connect(_freeze_before_fork, weak=False)
     worker_ready.connect(_on_ready, weak=False)
     worker_process_init.connect(_on_child_init, weak=False)

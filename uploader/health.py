@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,12 +24,21 @@ class Component:
     required: bool = True
 
 
+Check = Callable[[], Component]
+
+
 class HealthMonitor:
-    """Thread-safe component registry; the HTTP server and the heartbeat both read it."""
+    """Thread-safe component registry; the HTTP server and the heartbeat both read it.
+
+    A component is either set (``update_status``) or, when its truth changes by itself with
+    time (a consumer that went silent), a *check* evaluated at every snapshot, so ``/healthy``
+    is never staler than the question asked of it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._components: dict[str, Component] = {"init": Component(True, "starting up")}
+        self._checks: dict[str, Check] = {}
 
     def update_status(
         self, component: str, is_healthy: bool, details: Any = "", *, required: bool = True
@@ -36,17 +46,27 @@ class HealthMonitor:
         with self._lock:
             self._components[component] = Component(is_healthy, details, required)
 
+    def register_check(self, component: str, check: Check) -> None:
+        """Evaluate ``check`` at every snapshot; it must be quick and must not raise."""
+        with self._lock:
+            self._checks[component] = check
+
     def remove(self, component: str) -> None:
         with self._lock:
             self._components.pop(component, None)
+            self._checks.pop(component, None)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            components = {
-                name: {"healthy": c.healthy, "details": c.details, "required": c.required}
-                for name, c in self._components.items()
-            }
-            ok = all(c.healthy for c in self._components.values() if c.required)
+            current = dict(self._components)
+            checks = list(self._checks.items())
+        for name, check in checks:  # outside the lock: a check may take its own locks
+            current[name] = check()
+        components = {
+            name: {"healthy": c.healthy, "details": c.details, "required": c.required}
+            for name, c in current.items()
+        }
+        ok = all(c.healthy for c in current.values() if c.required)
         return {"status": "ok" if ok else "error", "live": True, "components": components}
 
 

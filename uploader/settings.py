@@ -164,6 +164,17 @@ class UploaderServiceSettings(BaseSettings):
     health_port: int = Field(
         default=9500, ge=0, le=65535, validation_alias="SILVASONIC_HEALTH_PORT"
     )
+    # a worker whose broker consumer is stuck this long turns /healthy 503 (consumer_watch.py);
+    # above Celery's 30 s reconnect back-off and the 30 s socket timeout, so a live consumer
+    # never counts as stuck
+    consumer_stall_s: float = Field(
+        default=60.0, gt=0, validation_alias="SILVASONIC_CONSUMER_STALL_S"
+    )
+    # set by `beat` for its control worker, which has no /healthy and no Controller: a stuck
+    # consumer ends the process and the dispatcher's supervisor starts a new one
+    exit_on_consumer_stall: bool = Field(
+        default=False, validation_alias="SILVASONIC_EXIT_ON_CONSUMER_STALL"
+    )
 
     @property
     def effective_instance_id(self) -> str:
