@@ -7,8 +7,10 @@ values live only in memory; errors never quote the value or the key.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:  # imported where used: ~7.5 MB a worker without an ``enc:`` value never needs
+    from cryptography.fernet import Fernet
 
 ENC_PREFIX = "enc:"
 KEY_ENV = "SILVASONIC_ENCRYPTION_KEY"
@@ -19,6 +21,8 @@ class SecretError(ValueError):
 
 
 def generate_key() -> str:
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode()
 
 
@@ -29,6 +33,8 @@ def load_encryption_key(environ: dict[str, str] | None = None) -> str | None:
 
 
 def _fernet(key: str) -> Fernet:
+    from cryptography.fernet import Fernet
+
     try:
         return Fernet(key.encode())
     except (ValueError, TypeError):
@@ -55,6 +61,8 @@ def decrypt_value(value: str, key: str | None, *, field: str = "value") -> str:
             f"field {field!r} is encrypted but {KEY_ENV} is not set: "
             f"give the worker the key the secret was encrypted with"
         )
+    from cryptography.fernet import InvalidToken
+
     try:
         return _fernet(key).decrypt(value[len(ENC_PREFIX) :].encode()).decode()
     except InvalidToken:
