@@ -84,11 +84,14 @@ def test_redis_restarted_empty_mid_run(
         recordings=12,
         seconds=2,
         remotes={"archive": _local(archive)},
-        uploader={"bandwidth_limit": "200k", "batch_size": 12},
+        # ≈ 2 s per pair: the restart must land mid-run (checked below), also now that a
+        # worker sends one pair while it encodes the next
+        uploader={"bandwidth_limit": "50k", "batch_size": 12},
     )
     stack.start_worker("archive")
     stack.start_dispatcher()
     assert wait_until(lambda: success_rows(engine) >= 2, 90)
+    assert success_rows(engine, "archive") < len(ids) - 2, "the restart would not be mid-run"
     private_redis.kill()
     private_redis.start()  # same port, empty
     assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 180)
