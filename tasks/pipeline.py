@@ -164,9 +164,11 @@ def _start_ahead(job: PairJob, pair: Pair) -> None:
     rt = get_runtime()
     try:
         client = rt.client_for(job.remote)
+        rt.ahead.start(rt.ctx, job, client, pair.token)
     except RemoteMisconfigured:  # the upload step reports it
         return
-    rt.ahead.start(rt.ctx, job, client, pair.token)
+    except Exception as exc:  # an optimisation must never fail the step: the upload step sends
+        log.warning("upload.ahead_failed", error=type(exc).__name__)
 
 
 @app.task(name="uploader.upload", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
@@ -294,6 +296,7 @@ def record_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     except Exception as inner:  # the lease expires and the pair is claimed again
         log.error("pair.errback_failed", error=type(inner).__name__, cause=type(exc).__name__)
     finally:
+        rt.ahead.discard((pair.recording_id, pair.remote_slug))
         cleanup(rt.ctx, pair.recording_id)
     rt.stats.record_error(pair.remote_slug, f"recording {pair.recording_id}", message)
     worker_counters.record_failure(rt.redis, pair.remote_slug)
