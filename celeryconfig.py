@@ -20,6 +20,17 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
+
+
 # -- broker --------------------------------------------------------------------------------
 broker_url = os.environ.get("SILVASONIC_REDIS_URL", "redis://localhost:6379/0")
 # PostgreSQL is the record; a Redis result backend would only cost memory (and hangs, §4 of
@@ -80,8 +91,11 @@ worker_max_memory_per_child = _int("SILVASONIC_MAX_MEMORY_PER_CHILD_KB", 150_000
 # SIGTERM (REMAP_SIGTERM=SIGQUIT, set by the worker command) returns in-flight work within this
 worker_soft_shutdown_timeout = _float("SILVASONIC_SOFT_SHUTDOWN_TIMEOUT_S", 8.0)
 worker_enable_soft_shutdown_on_idle = True
-worker_send_task_events = True  # Flower
-task_send_sent_event = True
+# Flower (design.md §6). SILVASONIC_TASK_EVENTS=0 saves a worker ~3 ms CPU per pair (a third
+# of its main process's work, bench/README.md) on a station without Flower; Flower switches
+# them on again at run time (its enable_events), so it still works.
+worker_send_task_events = _bool("SILVASONIC_TASK_EVENTS", True)
+task_send_sent_event = worker_send_task_events
 worker_redirect_stdouts = False  # our structlog lines go to stdout as they are
 worker_hijack_root_logger = False
 
