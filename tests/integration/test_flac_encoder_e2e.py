@@ -97,12 +97,16 @@ def big_wav(path: Path, seconds: float = 30.0) -> Path:
     return path
 
 
-def sh_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An ffmpeg that first starts a child in its own group: the group kill must reach it."""
+def sh_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0) -> Path:
+    """An ffmpeg that first starts a child in its own group: the group kill must reach it.
+    ``delay_s``: it starts ffmpeg only after that long, so it is certainly still running then."""
     pidfile = tmp_path / "child.pid"
     script = tmp_path / "ffmpeg-with-child"
+    delay = f"sleep {delay_s}\n" if delay_s else ""
     script.write_text(
-        '#!/bin/sh\nsleep 300 &\necho $! > "$CHILD_PIDFILE"\nexec "$REAL_FFMPEG" "$@"\n'
+        '#!/bin/sh\nsleep 300 &\necho $! > "$CHILD_PIDFILE"\n'
+        + delay
+        + 'exec "$REAL_FFMPEG" "$@"\n'
     )
     script.chmod(0o755)
     monkeypatch.setenv("CHILD_PIDFILE", str(pidfile))
@@ -243,7 +247,9 @@ def test_soft_time_limit_kills_the_process_group(
     started: list[subprocess.Popen[bytes]],
     soft_time_limit_in: Any,
 ) -> None:
-    pidfile = sh_wrapper(tmp_path, monkeypatch)
+    # still running at the soft limit, however fast this machine encodes (a 30 s 384 kHz WAV
+    # alone was done within 0.3 s on a quiet machine, and the test then saw exit code 0)
+    pidfile = sh_wrapper(tmp_path, monkeypatch, delay_s=5)
     wav = big_wav(tmp_path / "big.wav")
     soft_time_limit_in(0.3)
     with pytest.raises(SoftTimeLimit):
