@@ -91,9 +91,10 @@ worker_max_memory_per_child = _int("SILVASONIC_MAX_MEMORY_PER_CHILD_KB", 150_000
 # SIGTERM (REMAP_SIGTERM=SIGQUIT, set by the worker command) returns in-flight work within this
 worker_soft_shutdown_timeout = _float("SILVASONIC_SOFT_SHUTDOWN_TIMEOUT_S", 8.0)
 worker_enable_soft_shutdown_on_idle = True
-# Flower (design.md §6). SILVASONIC_TASK_EVENTS=0 saves a worker ~3 ms CPU per pair (a third
-# of its main process's work, bench/README.md) on a station without Flower; Flower switches
-# them on again at run time (its enable_events), so it still works.
+# Flower (design.md §6). SILVASONIC_TASK_EVENTS=0 saves a busy worker ~8 ms CPU per 10 s pair
+# (its main process's CPU nearly halves; bench/README.md) on a station without Flower; Flower
+# switches them on again at run time (its enable_events), so it still works. The worker and
+# control-worker commands pass no --task-events flag: this setting decides.
 worker_send_task_events = _bool("SILVASONIC_TASK_EVENTS", True)
 task_send_sent_event = worker_send_task_events
 worker_redirect_stdouts = False  # our structlog lines go to stdout as they are

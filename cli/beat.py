@@ -24,7 +24,7 @@ def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
         "control-worker": [
             *celery, "worker", "--queues", CONTROL_QUEUE, "--hostname", "uploader-control@%h",
             "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
-            "--without-gossip", "--without-mingle", "--task-events", "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle", "--loglevel", loglevel,
         ],
     }  # fmt: skip
 

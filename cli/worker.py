@@ -83,7 +83,6 @@ def worker(remote_slug: str, loglevel: str) -> None:
         "1",
         "--without-gossip",
         "--without-mingle",
-        "--task-events",
         "--loglevel",
         loglevel,
     ]
