@@ -14,6 +14,12 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, text
 
 _KEY = "hashtextextended(:key, 0)"
+_TRY_LOCK = text(f"SELECT pg_try_advisory_lock({_KEY})")
+_UNLOCK = text(f"SELECT pg_advisory_unlock({_KEY})")
+
+
+def _key(recording_id: int, remote_slug: str) -> str:
+    return f"{remote_slug}:{recording_id}"
 
 
 @contextmanager
@@ -25,21 +31,20 @@ def pair_lock(
 
     Uses its own connection, autocommit, so no transaction stays open during a long upload.
     """
-    key = f"{remote_slug}:{recording_id}"
+    key = _key(recording_id, remote_slug)
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        try_lock = text(f"SELECT pg_try_advisory_lock({_KEY})")
-        got = bool(conn.execute(try_lock, {"key": key}).scalar())
+        got = bool(conn.execute(_TRY_LOCK, {"key": key}).scalar())
         deadline, delay = time.monotonic() + wait_s, 0.01
         while not got and time.monotonic() < deadline:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
-            got = bool(conn.execute(try_lock, {"key": key}).scalar())
+            got = bool(conn.execute(_TRY_LOCK, {"key": key}).scalar())
         try:
             yield got
         finally:
             if got:
-                conn.execute(text(f"SELECT pg_advisory_unlock({_KEY})"), {"key": key})
+                conn.execute(_UNLOCK, {"key": key})
 
 
 class PairLocks:
@@ -56,15 +61,14 @@ class PairLocks:
 
     def acquire(self, recording_id: int, remote_slug: str) -> bool:
         """True when this process now holds the pair's lock (False: another execution does)."""
-        key = f"{remote_slug}:{recording_id}"
+        key = _key(recording_id, remote_slug)
         with self._mutex:
             if key in self._held:
                 return True
             if self._conn is None:
                 self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            sql = text(f"SELECT pg_try_advisory_lock({_KEY})")
             try:
-                got = bool(self._conn.execute(sql, {"key": key}).scalar())
+                got = bool(self._conn.execute(_TRY_LOCK, {"key": key}).scalar())
             except Exception:  # the connection died (server restarted): nothing is held
                 self._drop()
                 raise
@@ -74,13 +78,13 @@ class PairLocks:
             return True
 
     def release(self, recording_id: int, remote_slug: str) -> None:
-        key = f"{remote_slug}:{recording_id}"
+        key = _key(recording_id, remote_slug)
         with self._mutex:
             if key not in self._held or self._conn is None:
                 return
             self._held.discard(key)
             try:
-                self._conn.execute(text(f"SELECT pg_advisory_unlock({_KEY})"), {"key": key})
+                self._conn.execute(_UNLOCK, {"key": key})
             except Exception:  # a dead connection held nothing any more: start afresh
                 self._drop()
                 raise

@@ -68,27 +68,9 @@ class FlacFile:
     md5: str
 
 
-# the recording and the remote in one round trip (it runs at every step of every pair)
-_JOB = text(
-    """
-    SELECT r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted,
-           s.slug, s.type, s.config, s.target_path, s.is_active
-    FROM recordings r LEFT JOIN storage_remotes s ON s.slug = :slug
-    WHERE r.id = :rid
-    """
-)
-
-
-def load_job(
-    session: Session, recording_id: int, remote_slug: str, settings: StationSettings
-) -> PairJob | None:
+def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
     """None when the recording is gone or ``local_deleted`` (the pair is simply done with), or
     the remote is gone."""
-    row = session.execute(_JOB, {"rid": recording_id, "slug": remote_slug}).first()
-    return _job_from_row(row, settings)
-
-
-def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
     if row is None or row.id is None or row.local_deleted or row.slug is None:
         return None
     return PairJob(
@@ -142,8 +124,8 @@ def begin_step(
     lease_s: float,
     settings: StationSettings,
 ) -> StepStart:
-    """Renew the pair's lease (as ``leases.renew``), and read the remote's state and the job
-    (as ``remote_state.get_state`` and :func:`load_job`), in one statement."""
+    """Renew the pair's lease (as ``leases.renew``), and read the remote's state (as
+    ``remote_state.get_state``) and the job, in one statement."""
     params = leases.renew_params(recording_id, remote_slug, token, lease_s)
     if params is None:
         return StepStart(False, remote_state.from_row(None, None, None), None)

@@ -60,9 +60,7 @@ _REMOTE = text("SELECT type, config, target_path FROM storage_remotes WHERE slug
 
 def get_state(session: Session, slug: str) -> RemoteState:
     row = session.execute(_READ, {"slug": slug}).first()
-    if row is None:
-        return RemoteState(State.ok, None)
-    return from_row(row.state, row.since, row.detail)
+    return from_row(None, None, None) if row is None else from_row(row.state, row.since, row.detail)
 
 
 def from_row(state: str | None, since: datetime | None, detail: str | None) -> RemoteState:

@@ -1,6 +1,6 @@
 """``uploader.pipeline.begin_step`` against real PostgreSQL: in one statement it renews the
 lease exactly as ``leases.renew`` does, and reads what ``remote_state.get_state`` and
-``pipeline.load_job`` read, in every case a step meets."""
+the job it needs, in every case a step meets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote
 from uploader import leases, remote_state
-from uploader.pipeline import begin_step, load_job
+from uploader.db.models import Recording
+from uploader.pipeline import begin_step
 from uploader.remote_state import State
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings
 
@@ -40,8 +41,16 @@ def test_renews_and_reads_like_the_three_statements_it_replaces(session: Session
     assert str(_until(session, lease.recording_id)) == "0:10:00"  # now() + 600 s
     assert start.remote_state == remote_state.get_state(session, SLUG)
     assert start.remote_state.state is State.ok
-    assert start.job == load_job(session, lease.recording_id, SLUG, SETTINGS)
-    assert start.job is not None and start.job.remote.slug == SLUG
+    rec = session.get(Recording, lease.recording_id)
+    assert start.job is not None and rec is not None
+    assert (start.job.recording_id, start.job.file_raw, start.job.sensor_id, start.job.time) == (
+        rec.id,
+        rec.file_raw,
+        rec.sensor_id,
+        rec.time,
+    )
+    assert start.job.remote.slug == SLUG and start.job.remote.is_active
+    assert start.job.station_name == SETTINGS.system.station_name
 
 
 def test_a_stale_token_renews_nothing(session: Session) -> None:
