@@ -1,9 +1,9 @@
 """The audit (``uploads``, insert-only) and the completion rule - the only code that knows it.
 
 A recording is complete when every *required* remote (``uploader.active``) has a success row
-for it; then ``recordings.uploaded = true, uploaded_at = now()``, the one signal the Janitor
-trusts before deleting audio. An empty required set completes nothing, ever. A remote added
-later does not un-complete a recording (the seed's rule).
+for it; then ``recordings.uploaded = true, uploaded_at = clock_timestamp()``, the one signal
+the Janitor trusts before deleting audio. An empty required set completes nothing, ever. A
+remote added later does not un-complete a recording (the seed's rule).
 
 Callers: the pipeline's audit step and errback (:func:`log_upload_attempt`, in the same
 transaction that ends the lease), the dispatcher when the required set changes
@@ -73,9 +73,14 @@ _ALL_REQUIRED_HAVE_IT = """
                           WHERE u.recording_id = r.id AND u.remote_slug = req.slug
                             AND u.success))
 """
+# uploaded_at is the clock when the flag is set, not now(): now() is when this transaction
+# began, and a transaction that began before another remote's audit (then waited for the
+# recording lock) would date the flag before that remote's success row - "flagged before
+# every remote had it", to anyone who reads the two timestamps.
+_FLAGGED_AT = "clock_timestamp()"
 _COMPLETE_ONE = text(
     f"""
-    UPDATE recordings r SET uploaded = true, uploaded_at = now()
+    UPDATE recordings r SET uploaded = true, uploaded_at = {_FLAGGED_AT}
     WHERE r.id = :rid AND NOT r.uploaded AND {_ALL_REQUIRED_HAVE_IT}
     RETURNING r.id
     """
@@ -85,7 +90,7 @@ _COMPLETE_ONE = text(
 # exactly those, so the sweep's cost follows the backlog, not the million done rows.
 _COMPLETE_ALL = text(
     f"""
-    UPDATE recordings r SET uploaded = true, uploaded_at = now()
+    UPDATE recordings r SET uploaded = true, uploaded_at = {_FLAGGED_AT}
     WHERE NOT r.uploaded AND NOT r.local_deleted AND {_ALL_REQUIRED_HAVE_IT}
     RETURNING r.id
     """
@@ -115,7 +120,8 @@ def log_upload_attempt(
     attempt_key: str | None = None,
 ) -> AuditResult:
     """Insert one ``uploads`` row (``attempt_at`` = the database's ``now()``); on success,
-    flag the recording when every required remote now has a success row.
+    flag the recording when every required remote now has a success row (``uploaded_at``
+    = the database's clock then, never before any success row's ``attempt_at``).
 
     Idempotent: a redelivered success adds no second success row (it still re-checks
     completion), and a failure repeated with the same ``attempt_key`` adds no second row.

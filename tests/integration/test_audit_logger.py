@@ -62,13 +62,14 @@ def test_success_creates_upload_and_marks_recording(session: Session) -> None:
     result = log_upload_attempt(session, rec.id, "nextcloud", "a.flac", 10, True, None)
     assert result == audit_logger.AuditResult(inserted=True, recording_complete=True)
     assert _uploaded(session, rec)
-    at, uploaded_at, now = session.execute(
+    at, uploaded_at, now, clock = session.execute(
         text(
-            "SELECT u.attempt_at, r.uploaded_at, now() FROM uploads u JOIN recordings r"
-            " ON r.id = u.recording_id WHERE u.remote_slug = 'nextcloud'"
+            "SELECT u.attempt_at, r.uploaded_at, now(), clock_timestamp() FROM uploads u"
+            " JOIN recordings r ON r.id = u.recording_id WHERE u.remote_slug = 'nextcloud'"
         )
     ).one()
-    assert at == uploaded_at == now  # the database's clock, this transaction
+    # the database's clock: the attempt at this transaction's start, the flag when it was set
+    assert at == now <= uploaded_at <= clock
 
 
 def test_success_partial_remotes(session: Session) -> None:
@@ -274,7 +275,62 @@ def test_two_remotes_finishing_at_the_same_instant_always_complete(
             t.join(20)
         assert not errors
         assert _uploaded(session, rec), f"recording {rec.id} left unflagged"
+        assert _flagged_after_every_success(session, rec.id), f"recording {rec.id} dated early"
         session.commit()
+
+
+def _flagged_after_every_success(session: Session, recording_id: int) -> bool:
+    uploaded_at, last_success = session.execute(
+        text(
+            "SELECT r.uploaded_at, max(u.attempt_at) FROM recordings r JOIN uploads u"
+            " ON u.recording_id = r.id AND u.success WHERE r.id = :r GROUP BY r.uploaded_at"
+        ),
+        {"r": recording_id},
+    ).one()
+    return bool(uploaded_at is not None and uploaded_at >= last_success)
+
+
+def test_a_flag_is_never_dated_before_a_success_that_committed_first(
+    engine: Engine, session: Session
+) -> None:
+    # given: the last remote's audit transaction began (its now() is fixed) before another
+    # remote's success was written and committed - two workers, one recording
+    make_remote(session, "nextcloud")
+    make_remote(session, "usb")
+    rec = make_recording(session)
+    session.commit()
+    factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    with factory() as late, factory() as early:
+        late.execute(text("SELECT now()"))
+        early.execute(text("SELECT pg_sleep(0.01)"))
+        log_upload_attempt(early, rec.id, "nextcloud", "a.flac", 1, True, None)
+        early.commit()
+        # when: the transaction that began first completes the recording
+        assert log_upload_attempt(late, rec.id, "usb", "a.flac", 1, True, None).recording_complete
+        late.commit()
+    # then: the flag is dated after both successes (the Janitor's "all safe" moment)
+    session.expire_all()
+    assert _flagged_after_every_success(session, rec.id)
+
+
+def test_the_sweep_never_dates_a_flag_before_a_success_that_committed_first(
+    engine: Engine, session: Session
+) -> None:
+    make_remote(session, "nextcloud")
+    make_remote(session, "usb")
+    rec = make_recording(session)
+    make_upload(session, rec.id, "nextcloud")
+    session.commit()
+    factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    with factory() as sweep, factory() as other:
+        sweep.execute(text("SELECT now()"))
+        other.execute(text("SELECT pg_sleep(0.01)"))
+        make_upload(other, rec.id, "usb")  # a success written without the completion rule
+        other.commit()
+        assert recompute_uploaded(sweep) == 1
+        sweep.commit()
+    session.expire_all()
+    assert _flagged_after_every_success(session, rec.id)
 
 
 # -- the Janitor's check ----------------------------------------------------------------------
