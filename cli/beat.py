@@ -12,7 +12,7 @@ import click
 from celeryconfig import CONTROL_QUEUE
 from cli.supervisor import Supervisor
 from cli.worker import _check_schema
-from uploader.logs import configure_logging
+from uploader.logs import SERVICE_ENV, configure_logging
 
 
 def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
@@ -37,7 +37,7 @@ def beat(loglevel: str) -> None:
     _check_schema()
     supervisor = Supervisor()
     for name, argv in dispatcher_commands(loglevel).items():
-        env = {"REMAP_SIGTERM": "SIGQUIT"}
+        env = {"REMAP_SIGTERM": "SIGQUIT", SERVICE_ENV: f"uploader-{name}"}
         if name == "control-worker":
             # it has no /healthy and no Controller: a consumer stuck after a broker error ends
             # the process, and this supervisor starts a new one (tasks/worker_steps.py)

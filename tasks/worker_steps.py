@@ -21,6 +21,7 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import (
+    beat_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -33,6 +34,7 @@ from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
 from uploader.health import Component, HealthMonitor, HealthServer
 from uploader.heartbeat import Heartbeat, build_payload
+from uploader.logs import configure_logging_if_unset
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -257,6 +259,12 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log.info("uploader.worker_ready", pid=os.getpid())
 
 
+def _configure_logging(**_: Any) -> None:
+    """``celery -A tasks worker|beat`` started by the dispatcher's supervisor would otherwise
+    log with structlog's defaults: console lines even where JSON is asked for."""
+    configure_logging_if_unset(SERVICE)
+
+
 def _freeze_before_fork(**_: Any) -> None:
     """Move every object alive now (the imported modules) out of the garbage collector's reach
     before the pool forks: the child's collections then no longer write to those pages, which
@@ -288,6 +296,8 @@ def install(app: Celery) -> None:
     app.steps["worker"].add(UploaderHealthStep)
     app.steps["worker"].add(ConsumerWatchdogStep)
     app.steps["consumer"].add(ConsumerWatchStep)
+    worker_init.connect(_configure_logging, weak=False)
+    beat_init.connect(_configure_logging, weak=False)
     worker_init.connect(_freeze_before_fork, weak=False)
     worker_ready.connect(_on_ready, weak=False)
     worker_process_init.connect(_on_child_init, weak=False)

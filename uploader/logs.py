@@ -11,6 +11,10 @@ from typing import TextIO
 
 import structlog
 
+# A process started as ``celery -A tasks worker|beat`` (the dispatcher's two children) has no
+# entry point of ours to call configure_logging; it reads its service name from here instead.
+SERVICE_ENV = "SILVASONIC_LOG_SERVICE"
+
 
 def _development_mode() -> bool:
     return os.environ.get("SILVASONIC_DEVELOPMENT_MODE", "true").strip().lower() not in (
@@ -46,3 +50,11 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+
+
+def configure_logging_if_unset(default_service: str) -> None:
+    """For processes Celery's own command starts: configure logging as ``configure_logging``
+    would, unless an entry point of ours already did (``silvasonic-uploader worker``). The
+    service name comes from ``SILVASONIC_LOG_SERVICE``, set by whoever started the process."""
+    if not structlog.is_configured():
+        configure_logging(os.environ.get(SERVICE_ENV) or default_service)

@@ -153,3 +153,35 @@ def test_worker_refuses_outdated_schema(empty_db_url: str, redis_url: str) -> No
     )
     assert result.returncode != 0
     assert "db upgrade" in result.stderr
+
+
+def _event_lines(log_text: str, event: str) -> list[str]:
+    return [line for line in log_text.splitlines() if event in line]
+
+
+def test_dispatcher_children_log_json_with_their_service_name(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """With development mode off (the stack's default), the scheduler's and the control
+    worker's own events are JSON lines too, named for the child, like every other process's:
+    the Controller's LogForwarder reads nothing else."""
+    seed_station(
+        engine,
+        stack.workspace,
+        recordings=1,
+        remotes={"archive": {"type": "local", "target_path": str(tmp_path / "a")}},
+    )
+    stack.start_dispatcher()
+    assert wait_until(lambda: bool(_event_lines(stack.logs("beat"), "dispatch.cycle_completed")))
+    text = stack.logs("beat")
+    seen = {}
+    for event in ("supervisor.child_started", "uploader.worker_ready", "dispatch.cycle_completed"):
+        lines = _event_lines(text, event)
+        assert lines, f"no {event} in the dispatcher's log"
+        records = [json.loads(line) for line in lines]  # a console line fails here
+        seen[event] = {r["service"] for r in records}
+    assert seen == {
+        "supervisor.child_started": {"uploader-beat"},
+        "uploader.worker_ready": {"uploader-control-worker"},
+        "dispatch.cycle_completed": {"uploader-control-worker"},
+    }
