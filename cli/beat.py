@@ -11,12 +11,12 @@ import click
 
 from celeryconfig import CONTROL_QUEUE
 from cli.supervisor import Supervisor
-from cli.worker import _check_schema
-from uploader.logs import SERVICE_ENV, configure_logging
+from cli.worker import _check_schema, loglevel_option
+from uploader.logs import SERVICE_ENV, celery_banner_options, configure_logging
 
 
 def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
-    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+    celery = [sys.executable, "-m", "celery", "-A", "tasks", *celery_banner_options()]
     return {
         "scheduler": [
             *celery, "beat", "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", loglevel,
@@ -30,7 +30,7 @@ def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
 
 
 @click.command()
-@click.option("--loglevel", default="INFO", show_default=True, help="Celery's own log level.")
+@loglevel_option
 def beat(loglevel: str) -> None:
     """Run the dispatcher (scheduler + control worker) until SIGTERM."""
     configure_logging("uploader-beat")

@@ -27,6 +27,7 @@ import structlog
 from cli import flower
 from cli.local_run import WORKER_STOP_TIMEOUT_S, DataDir, LocalRun
 from cli.supervisor import Child, Supervisor
+from cli.worker import loglevel_option
 from uploader.logs import configure_logging
 from uploader.process_group import spawn
 
@@ -140,7 +141,7 @@ def supervise(local: LocalRun, sup: RunSupervisor) -> int:
     show_default=True,
     help="Flower's port on 127.0.0.1 (another free port when taken; 0: any).",
 )
-@click.option("--loglevel", default="INFO", show_default=True, help="Celery's own log level.")
+@loglevel_option
 def run(data_dir: Path, with_flower: bool, flower_port: int, loglevel: str) -> None:
     """Run the whole service on this machine until Ctrl-C (or SIGTERM).
 

@@ -17,11 +17,20 @@ from sqlalchemy import create_engine, pool
 
 from uploader.db.schema import require_current_schema
 from uploader.errors import SchemaError
-from uploader.logs import configure_logging
+from uploader.logs import celery_banner_options, configure_logging
 from uploader.remotes import validate_remote_slug
 from uploader.settings import DatabaseSettings
 
 _stopping: list[str] = []
+
+#: --loglevel of the commands that run Celery (worker, beat, run): the level of Celery's, kombu's
+#: and redis-py's records; ours follow SILVASONIC_LOG_LEVEL (uploader/logs.py)
+loglevel_option = click.option(
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    help="Level of Celery's and other libraries' log records (its per-task lines stay off).",
+)
 
 
 def _check_schema() -> None:
@@ -51,7 +60,7 @@ def _note_shutdown(sig: Any = None, **_: Any) -> None:
     required=True,
     help="The remote's slug (or SILVASONIC_STORAGE_REMOTE_SLUG).",
 )
-@click.option("--loglevel", default="INFO", show_default=True, help="Celery's own log level.")
+@loglevel_option
 def worker(remote_slug: str, loglevel: str) -> None:
     """Run the Celery worker that uploads to one remote."""
     try:
@@ -70,6 +79,7 @@ def worker(remote_slug: str, loglevel: str) -> None:
 
     worker_shutting_down.connect(_note_shutdown, weak=False)
     argv = [
+        *celery_banner_options(),
         "worker",
         "--queues",
         upload_queue(remote_slug),

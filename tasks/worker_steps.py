@@ -21,7 +21,8 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import (
-    beat_init,
+    celeryd_init,
+    setup_logging,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -34,7 +35,7 @@ from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
 from uploader.health import Component, HealthMonitor, HealthServer
 from uploader.heartbeat import Heartbeat, build_payload
-from uploader.logs import configure_logging_if_unset
+from uploader.logs import configure_logging_if_unset, set_library_level
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -259,9 +260,19 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log.info("uploader.worker_ready", pid=os.getpid())
 
 
-def _configure_logging(**_: Any) -> None:
-    """``celery -A tasks worker|beat`` started by the dispatcher's supervisor would otherwise
-    log with structlog's defaults: console lines even where JSON is asked for."""
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's ``setup_logging`` signal, in a worker or beat process: with a receiver, Celery
+    installs none of its own handlers (plain text, one line per task). ``celery -A tasks
+    worker|beat`` started by the dispatcher's supervisor has not configured logging yet (it
+    would log structlog's console defaults even where JSON is asked for); every process then
+    takes Celery's ``--loglevel`` for the library records."""
+    configure_logging_if_unset(SERVICE)
+    set_library_level(loglevel or "WARNING")
+
+
+def _configure_logging_early(**_: Any) -> None:
+    """``celeryd_init``, before the worker checks its privileges: the SecurityWarning it gives
+    as root (as in the container) is then a log line like the others, not a raw screenful."""
     configure_logging_if_unset(SERVICE)
 
 
@@ -296,8 +307,8 @@ def install(app: Celery) -> None:
     app.steps["worker"].add(UploaderHealthStep)
     app.steps["worker"].add(ConsumerWatchdogStep)
     app.steps["consumer"].add(ConsumerWatchStep)
-    worker_init.connect(_configure_logging, weak=False)
-    beat_init.connect(_configure_logging, weak=False)
+    celeryd_init.connect(_configure_logging_early, weak=False)
+    setup_logging.connect(_setup_logging, weak=False)
     worker_init.connect(_freeze_before_fork, weak=False)
     worker_ready.connect(_on_ready, weak=False)
     worker_process_init.connect(_on_child_init, weak=False)

@@ -3,10 +3,13 @@ and one plugin module per kind of protocol server or process under test."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
+
+from uploader.logs import PER_TASK_LOGGERS, StdlibHandler
 
 pytest_plugins = [
     "tests.fixtures.services",
@@ -26,7 +29,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """Commands under test configure structlog for their process; undo it after each test so
-    log assertions elsewhere see structlog's defaults."""
+    """Commands under test configure logging for their process (structlog, and a handler on
+    the root logger that writes to the command's stream); undo it after each test so log
+    assertions elsewhere see the defaults and nothing writes to a closed stream."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in PER_TASK_LOGGERS)]
+    levels = [lg.level for lg in loggers]
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
+    logging.captureWarnings(False)

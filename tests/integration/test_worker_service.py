@@ -162,26 +162,73 @@ def _event_lines(log_text: str, event: str) -> list[str]:
 def test_dispatcher_children_log_json_with_their_service_name(
     engine: Engine, stack: Stack, tmp_path: Path
 ) -> None:
-    """With development mode off (the stack's default), the scheduler's and the control
-    worker's own events are JSON lines too, named for the child, like every other process's:
-    the Controller's LogForwarder reads nothing else."""
+    """With development mode off (the stack's default), every line the dispatcher writes is
+    JSON: the scheduler's and the control worker's events, named for the child, and Celery's
+    records, minus its per-task lines and banner. The Controller's LogForwarder reads nothing
+    else (other lines arrive as level "raw")."""
     seed_station(
         engine,
         stack.workspace,
         recordings=1,
         remotes={"archive": {"type": "local", "target_path": str(tmp_path / "a")}},
     )
-    stack.start_dispatcher()
+    stack.start_dispatcher(loglevel="INFO")
     assert wait_until(lambda: bool(_event_lines(stack.logs("beat"), "dispatch.cycle_completed")))
     text = stack.logs("beat")
     seen = {}
-    for event in ("supervisor.child_started", "uploader.worker_ready", "dispatch.cycle_completed"):
+    for event in (
+        "supervisor.child_started",
+        "uploader.worker_ready",
+        "dispatch.cycle_completed",
+        "beat: Acquired lock",  # redbeat, in the scheduler
+        "uploader-control@",  # Celery's "<node> ready."
+    ):
         lines = _event_lines(text, event)
         assert lines, f"no {event} in the dispatcher's log"
         records = [json.loads(line) for line in lines]  # a console line fails here
-        seen[event] = {r["service"] for r in records}
+        seen[event] = {(r["service"], r.get("logger_name")) for r in records}
     assert seen == {
-        "supervisor.child_started": {"uploader-beat"},
-        "uploader.worker_ready": {"uploader-control-worker"},
-        "dispatch.cycle_completed": {"uploader-control-worker"},
+        "supervisor.child_started": {("uploader-beat", None)},
+        "uploader.worker_ready": {("uploader-control-worker", None)},
+        "dispatch.cycle_completed": {("uploader-control-worker", None)},
+        "beat: Acquired lock": {("uploader-scheduler", "celery.beat")},
+        "uploader-control@": {("uploader-control-worker", "celery.apps.worker")},
     }
+    # Celery's "Task … received" / "succeeded in" lines: none, at INFO; no banner, and its
+    # SecurityWarning (we run as root here, as in the container) is a JSON line as well
+    assert "uploader.dispatch_pending[" not in text
+    raw = []
+    for line in filter(None, text.splitlines()):
+        try:
+            json.loads(line)
+        except ValueError:
+            raw.append(line)
+    assert raw == []
+
+
+def test_a_remotes_worker_writes_only_json_lines_and_no_per_task_lines(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    """The worker container's output, at Celery's default INFO: what the LogForwarder gets."""
+    seed_station(
+        engine,
+        stack.workspace,
+        recordings=2,
+        remotes={"archive": {"type": "local", "target_path": str(tmp_path / "a")}},
+    )
+    port = str(free_port())
+    stack._spawn(
+        "worker-info",
+        [*CLI, "worker", "--remote", "archive"],  # --loglevel INFO, as the Controller runs it
+        stack.env(SILVASONIC_HEALTH_PORT=port),
+    )
+    stack.start_dispatcher()
+    assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM uploads WHERE success") == 2, 60)
+    assert wait_until(lambda: stack.logs("worker-info").count('"upload.completed"') == 2, 10)
+    records = [json.loads(line) for line in filter(None, stack.logs("worker-info").splitlines())]
+    celery_lines = [
+        r["event"] for r in records if str(r.get("logger_name", "")).startswith("celery")
+    ]
+    assert any(str(e).endswith("ready.") for e in celery_lines)  # INFO from Celery does show
+    assert not [e for e in celery_lines if str(e).startswith("Task uploader.")]
+    assert {r["service"] for r in records} == {"uploader"}
