@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.fake_clock import Clock
 from uploader.consumer_watch import ConsumerWatch
 from uploader.health import HealthMonitor
 
 STALL = 60.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -13,15 +13,8 @@ import redis
 from kombu.asynchronous import Hub
 
 from tasks import worker_steps
+from tests.unit.fake_clock import Clock
 from uploader.consumer_watch import ConsumerWatch
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Ping:
@@ -34,11 +27,6 @@ class Ping:
         if not self.ok:
             raise redis.ConnectionError("refused")
         return True
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

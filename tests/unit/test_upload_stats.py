@@ -10,25 +10,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from tests.unit.fake_clock import Clock
 from uploader.upload_stats import UploadCounts, UploadStats
-
-
-class Clock:
-    """Monotonic seconds that only move when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def make_stats(clock: Clock, startup_s: float = 300, interval_s: float = 300) -> UploadStats:
