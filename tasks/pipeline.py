@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import audit_logger, leases, remote_state, worker_counters
+from uploader import audit_logger, evidence, leases, remote_state, worker_counters
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,
@@ -35,16 +35,21 @@ from uploader.errors import (
     SourceMissing,
     TempSpaceExhausted,
 )
+from uploader.evidence import Encoded
 from uploader.pair_lock import pair_lock
 from uploader.pipeline import (
+    FlacFile,
     PairJob,
     begin_step,
+    checked_flac,
+    claim_object,
     cleanup,
     ensure_flac,
+    flac_path_for,
     is_local_deleted,
-    remote_path_for,
     transfer,
 )
+from uploader.rclone_client import RcloneErrorKind, RcloneResult
 from uploader.redact import redact
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, load_station_settings
@@ -60,15 +65,14 @@ PAIR_BUSY_WAIT_S = 30.0
 
 @dataclass(frozen=True)
 class Pair:
-    """What travels between the steps: ids, the lease token, the probe flag, small numbers."""
+    """What travels between the steps: ids, the lease token, the probe flag, small numbers.
+    Never a path, never evidence: the steps leave what they proved in PostgreSQL."""
 
     recording_id: int
     remote_slug: str
     token: str
     probe: bool = False
     size_bytes: int = 0
-    md5: str = ""
-    remote_path: str = ""
     duration_s: float = 0.0
 
     @classmethod
@@ -129,51 +133,89 @@ def _bind(pair: Pair, step: str, task: Task) -> None:
 def encode(
     self: Task, recording_id: int, remote_slug: str, token: str, probe: bool = False
 ) -> dict[str, Any]:
-    """Encode the pair's WAV to FLAC in the worker's temp dir."""
+    """Encode the pair's WAV to FLAC in the worker's temp dir; record the FLAC and its claimed
+    object under the lease (``uploader.evidence``), then start its transfer ahead."""
     pair = Pair(recording_id, remote_slug, token, probe)
     _bind(pair, "encode", self)
     job, settings = _proceed(pair)
     if job is None or settings is None:
         raise Ignore()
+    encoded = _encode(self, pair, job, settings)
+    if encoded is None:
+        raise Ignore()
+    if not probe:  # a probe asks whether the remote is back: its upload step must try afresh
+        _start_ahead(job, pair, encoded)
+    return pair.payload(size_bytes=encoded.size)
+
+
+def _encode(self: Task, pair: Pair, job: PairJob, settings: StationSettings) -> Encoded | None:
+    """Encode (again) and record the FLAC under the lease; None when the step must end (the
+    recording's audio was deleted, or the lease was lost)."""
     ctx = get_runtime().ctx
     try:
         flac = ensure_flac(ctx, job, reuse=False)
     except SourceMissing:
         with session_scope() as s:
-            gone = is_local_deleted(s, recording_id)
+            gone = is_local_deleted(s, pair.recording_id)
             if gone:
-                leases.finish(s, recording_id, remote_slug, token)
+                leases.finish(s, pair.recording_id, pair.remote_slug, pair.token)
         if gone:
-            cleanup(ctx, recording_id)
+            cleanup(ctx, pair.recording_id)
             get_runtime().stats.record_skipped_missing(job.wav_name)
-            raise Ignore() from None
+            return None
         raise
     except TempSpaceExhausted as exc:
-        cleanup(ctx, recording_id)
+        cleanup(ctx, pair.recording_id)
         log.warning("upload.retry_scheduled", reason="temp_space_exhausted")
         raise self.retry(
             exc=exc, countdown=retry_countdown(self.request.retries, settings)
         ) from exc
-    if not probe:  # a probe asks whether the remote is back: its upload step must try afresh
-        _start_ahead(job, pair)
-    return pair.payload(size_bytes=flac.size_bytes, md5=flac.md5)
+    with session_scope() as s:
+        encoded = claim_object(s, job, pair.token, flac)
+    if encoded is None:
+        cleanup(ctx, pair.recording_id)
+        log.info("pair.lease_lost")
+    return encoded
 
 
-def _start_ahead(job: PairJob, pair: Pair) -> None:
+def _start_ahead(job: PairJob, pair: Pair, encoded: Encoded) -> None:
     """Hand the FLAC to the worker's rclone daemon now (``uploader.transfer_ahead``)."""
     rt = get_runtime()
     try:
         client = rt.client_for(job.remote)
-        rt.ahead.start(rt.ctx, job, client, pair.token)
+        rt.ahead.start(rt.ctx, job, client, pair.token, encoded)
     except RemoteMisconfigured:  # the upload step reports it
         return
     except Exception as exc:  # an optimisation must never fail the step: the upload step sends
         log.warning("upload.ahead_failed", error=type(exc).__name__)
 
 
+def _checked(
+    self: Task, pair: Pair, job: PairJob, settings: StationSettings
+) -> tuple[Encoded, FlacFile] | None:
+    """The FLAC this lease recorded, checked on disk; encoded again when it is gone or was
+    recorded for another destination (the remote was pointed elsewhere meanwhile)."""
+    ctx = get_runtime().ctx
+    encoded = job.encoded
+    if encoded is not None and encoded.destination == job.destination:
+        flac = checked_flac(ctx, job, encoded)  # FileRejected when it changed
+        if flac is not None:
+            return encoded, flac
+    encoded = _encode(self, pair, job, settings)
+    if encoded is None:
+        return None
+    flac = checked_flac(ctx, job, encoded)
+    if flac is None:
+        raise FileRejected(
+            "the FLAC vanished right after it was encoded", recording_id=pair.recording_id
+        )
+    return encoded, flac
+
+
 @app.task(name="uploader.upload", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
 def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-    """Send the FLAC with rclone; classify the outcome (see the module docstring)."""
+    """Send the recorded FLAC with rclone, verify it on the remote, record the verified
+    transfer under the lease; classify a failure (see the module docstring)."""
     pair = Pair.from_payload(payload)
     _bind(pair, "upload", self)
     rt = get_runtime()
@@ -182,9 +224,15 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         rt.ahead.discard((pair.recording_id, pair.remote_slug))
         raise Ignore()
     client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
-    remote_path = remote_path_for(job)
-    # the transfer the encode step started ahead, if it holds (uploader.transfer_ahead)
-    result = rt.ahead.finish(pair.recording_id, pair.remote_slug, pair.token, remote_path)
+    encoded = job.encoded
+    result = None
+    if encoded is not None and encoded.destination == job.destination:
+        # the transfer the encode step started ahead, if it holds (uploader.transfer_ahead)
+        result = rt.ahead.finish(
+            pair.recording_id, pair.remote_slug, pair.token, encoded.remote_path
+        )
+    else:
+        rt.ahead.discard((pair.recording_id, pair.remote_slug))
     if result is None:
         with pair_lock(
             get_engine(), pair.recording_id, pair.remote_slug, wait_s=PAIR_BUSY_WAIT_S
@@ -193,18 +241,68 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
                 log.warning("pair.busy")
                 raise Ignore()
             try:
-                remote_path, result = transfer(rt.ctx, job, client)
+                checked = _checked(self, pair, job, settings)
+                if checked is None:
+                    raise Ignore()
+                encoded, flac = checked
+                result = transfer(client, job, flac, encoded)
             except TempSpaceExhausted as exc:
                 cleanup(rt.ctx, pair.recording_id)
                 raise self.retry(
                     exc=exc, countdown=retry_countdown(self.request.retries, settings)
                 ) from exc
+    assert encoded is not None
     if result.success:
-        return pair.payload(
-            remote_path=remote_path,
-            duration_s=result.duration_s,
-            size_bytes=result.bytes_transferred or pair.size_bytes,
+        return _verified(self, pair, job, settings, client, encoded, result)
+    _failed(self, pair, job, settings, encoded.remote_path, result)
+    raise AssertionError("unreachable")  # _failed always raises
+
+
+def _verified(
+    self: Task,
+    pair: Pair,
+    job: PairJob,
+    settings: StationSettings,
+    client: Any,
+    encoded: Encoded,
+    result: RcloneResult,
+) -> dict[str, Any]:
+    """Check what landed on the remote, then record it as the evidence the audit step needs."""
+    rt = get_runtime()
+    verification = client.verify_upload(
+        flac_path_for(rt.ctx, job), encoded.remote_path, size=encoded.size, md5=encoded.md5
+    )
+    if not verification.ok:
+        failed = RcloneResult(
+            False,
+            0,
+            verification.detail,
+            result.duration_s,
+            verification.error_kind is RcloneErrorKind.CONNECTION,
+            verification.error_kind,
         )
+        _failed(self, pair, job, settings, encoded.remote_path, failed)
+    with session_scope() as s:
+        recorded = evidence.record_verified(
+            s, pair.recording_id, pair.remote_slug, pair.token, encoded, verification.check
+        )
+    if not recorded:
+        log.info("pair.lease_lost")
+        raise Ignore()
+    return pair.payload(duration_s=result.duration_s, size_bytes=encoded.size)
+
+
+def _failed(
+    self: Task,
+    pair: Pair,
+    job: PairJob,
+    settings: StationSettings,
+    remote_path: str,
+    result: RcloneResult,
+) -> None:
+    """Raise what a failed transfer or verification means: a retry (connection), the remote's
+    mark (config) or the file's failure (file)."""
+    rt = get_runtime()
     message = result.error_message or "rclone failed"
     kind = str(result.error_kind)
     if kind == "connection":
@@ -233,35 +331,54 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.task(name="uploader.audit", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
-def audit(self: Task, payload: dict[str, Any]) -> None:
-    """Record the success (idempotent), flag the recording when every required remote has it,
-    end the lease, remove the temp FLAC. The token is not checked: the transfer happened."""
+def audit(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    """Write the success row from the transfer the upload step verified and recorded under
+    this lease (``uploader.evidence``), never from the message; flag the recording when every
+    required remote has it at its current destination; end the lease; remove the temp FLAC.
+
+    A message whose remote is not this worker's, or whose token holds no verified transfer
+    (forged, replayed, misrouted), changes nothing and is logged once.
+    """
     pair = Pair.from_payload(payload)
     _bind(pair, "audit", self)
     rt = get_runtime()
-    filename = pair.remote_path.rsplit("/", 1)[-1] or f"{pair.recording_id}.flac"
+    if pair.remote_slug != rt.ctx.remote_slug:
+        log.warning("audit.refused", reason="message for another remote's worker",
+                    worker_remote=rt.ctx.remote_slug)  # fmt: skip
+        return {"outcome": "refused"}
     with session_scope() as s:
+        proof = evidence.take_verified(
+            s, pair.recording_id, pair.remote_slug, pair.token, conf.uploader_lease_s
+        )
+        if proof is None:
+            log.warning("audit.refused", reason="no verified transfer under this lease")
+            return {"outcome": "refused"}
+        filename = proof.remote_path.rsplit("/", 1)[-1]
         outcome = audit_logger.log_upload_attempt(
             s,
             pair.recording_id,
             pair.remote_slug,
             filename,
-            pair.size_bytes,
+            proof.size,
             True,
             None,
-            duration_s=pair.duration_s,
-            remote_path=pair.remote_path,
+            duration_s=max(0.0, float(pair.duration_s)),
+            remote_path=proof.remote_path,
             error_kind="none",
+            destination=proof.destination,
+            verified_by=proof.verified_by,
+            content_md5=proof.md5,
         )
-        leases.finish(s, pair.recording_id, pair.remote_slug, None)
+        leases.finish(s, pair.recording_id, pair.remote_slug, pair.token)
         remote_state.mark_ok(s, pair.remote_slug)  # logs remote.recovered
         level = read_lease_level(s, pair.remote_slug)
     cleanup(rt.ctx, pair.recording_id)
     if outcome.inserted:  # audit_logger logs recording.completed when it flags one
-        rt.stats.record_upload(pair.remote_slug, filename, pair.size_bytes, pair.duration_s)
-        worker_counters.record_success(rt.redis, pair.remote_slug, pair.size_bytes)
+        rt.stats.record_upload(pair.remote_slug, filename, proof.size, pair.duration_s)
+        worker_counters.record_success(rt.redis, pair.remote_slug, proof.size)
     rt.stats.maybe_emit_summary()
     maybe_request_topup(pair.remote_slug, level)
+    return {"outcome": "completed" if outcome.recording_complete else "recorded"}
 
 
 def _pair_from_request(request: Any) -> Pair | None:

@@ -65,6 +65,10 @@ UPLOADS_OURS = {
     "duration_s": Col(DOUBLE, True),
     "error_kind": Col(TEXT, True),
     "attempt_key": Col(TEXT, True),
+    # migration 0004: where a success was verified, and by which check
+    "destination": Col(TEXT, True),
+    "verified_by": Col(TEXT, True),
+    "content_md5": Col(TEXT, True),
 }
 
 # §1.3

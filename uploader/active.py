@@ -20,6 +20,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from uploader.db.models import RemoteStatus, StorageRemote
+from uploader.destination import destination_of
 from uploader.errors import RemoteConfigInvalid
 from uploader.remotes import config_fingerprint, validate_remote_config
 from uploader.settings import StationSettings, load_station_settings
@@ -109,6 +110,24 @@ def required_slugs(session: Session, settings: StationSettings | None = None) ->
         return ()
     query = _in_required_order(select(StorageRemote.slug)).limit(cap)
     return tuple(session.scalars(query).all())
+
+
+def required_destinations(
+    session: Session, settings: StationSettings | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The required remotes with their current destinations (``uploader.destination``), in
+    one statement: the completion rule counts only successes at these."""
+    settings = settings or load_station_settings(session)
+    cap = settings.system.max_uploaders
+    if cap <= 0:
+        return ()
+    columns = select(
+        StorageRemote.slug, StorageRemote.type, StorageRemote.config, StorageRemote.target_path
+    )
+    rows = session.execute(_in_required_order(columns).limit(cap)).all()
+    return tuple(
+        (row.slug, destination_of(row.type, row.config or {}, row.target_path)) for row in rows
+    )
 
 
 def _in_required_order(query: Select[Any]) -> Select[Any]:

@@ -1,9 +1,11 @@
 """The audit (``uploads``, insert-only) and the completion rule - the only code that knows it.
 
 A recording is complete when every *required* remote (``uploader.active``) has a success row
-for it; then ``recordings.uploaded = true, uploaded_at = clock_timestamp()``, the one signal
-the Janitor trusts before deleting audio. An empty required set completes nothing, ever. A
-remote added later does not un-complete a recording (the seed's rule).
+for it *at the remote's current destination* (``uploader.destination``: a remote pointed
+elsewhere has not got what it held at its old place); then ``recordings.uploaded = true,
+uploaded_at = clock_timestamp()``, the one signal the Janitor trusts before deleting audio. An
+empty required set completes nothing, ever. A remote added later does not un-complete a
+recording (the seed's rule), nor does a remote pointed elsewhere (the Janitor may have acted).
 
 Callers: the pipeline's audit step and errback (:func:`log_upload_attempt`, in the same
 transaction that ends the lease), the dispatcher when the required set changes
@@ -20,7 +22,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader.active import required_slugs
+from uploader.active import required_destinations
 from uploader.errors import SettingsInvalid
 from uploader.redact import redact
 
@@ -55,23 +57,28 @@ _READ_UPLOADED = text("SELECT uploaded FROM recordings WHERE id = :rid")
 _INSERT = text(
     """
     INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success,
-                         error_message, remote_path, duration_s, error_kind, attempt_key)
+                         error_message, remote_path, duration_s, error_kind, attempt_key,
+                         destination, verified_by, content_md5)
     SELECT :rid, :slug, now(), :filename, :size, :success,
-           :error, :remote_path, :duration_s, :error_kind, :attempt_key
+           :error, :remote_path, :duration_s, :error_kind, :attempt_key,
+           :destination, :verified_by, :content_md5
     WHERE NOT (:success AND EXISTS (SELECT 1 FROM uploads u WHERE u.recording_id = :rid
-                                    AND u.remote_slug = :slug AND u.success))
+                                    AND u.remote_slug = :slug AND u.success
+                                    AND u.destination = :destination))
     ON CONFLICT DO NOTHING
     RETURNING id
     """
 )
 
-# "no required remote lacks a success row": one probe of uq_uploads_success_pair per remote
+# "no required remote lacks a success row at its current destination": one probe of
+# uq_uploads_success_pair (recording_id, remote_slug, destination) per remote
 _ALL_REQUIRED_HAVE_IT = """
     NOT EXISTS (
-        SELECT 1 FROM unnest(CAST(:required AS text[])) AS req(slug)
+        SELECT 1 FROM unnest(CAST(:required AS text[]), CAST(:destinations AS text[]))
+             AS req(slug, destination)
         WHERE NOT EXISTS (SELECT 1 FROM uploads u
                           WHERE u.recording_id = r.id AND u.remote_slug = req.slug
-                            AND u.success))
+                            AND u.destination = req.destination AND u.success))
 """
 # uploaded_at is the clock when the flag is set, not now(): now() is when this transaction
 # began, and a transaction that began before another remote's audit (then waited for the
@@ -118,16 +125,25 @@ def log_upload_attempt(
     remote_path: str | None = None,
     error_kind: str | None = None,
     attempt_key: str | None = None,
+    destination: str | None = None,
+    verified_by: str | None = None,
+    content_md5: str | None = None,
 ) -> AuditResult:
     """Insert one ``uploads`` row (``attempt_at`` = the database's ``now()``); on success,
     flag the recording when every required remote now has a success row (``uploaded_at``
     = the database's clock then, never before any success row's ``attempt_at``).
+
+    A success row needs the ``destination`` it was verified at and what proved it
+    (``verified_by``: ``md5``, ``sha1``, ``size`` or ``moved``); only the audit step writes
+    one, from what ``uploader.evidence`` recorded, never from a message.
 
     Idempotent: a redelivered success adds no second success row (it still re-checks
     completion), and a failure repeated with the same ``attempt_key`` adds no second row.
     ``error`` passes through ``uploader.redact``. Flushes, never commits: the caller's
     transaction also ends the lease. Raises ``LookupError`` for an unknown recording.
     """
+    if success and (not destination or not verified_by):
+        raise ValueError("a success row needs its destination and what verified it")
     session.flush()  # the caller's pending ORM rows (a recording made in this session)
     # the lock is taken before anything else, so the completion check below runs after any
     # other remote's success for this recording has committed (see _complete_if_done)
@@ -147,6 +163,9 @@ def log_upload_attempt(
             "duration_s": duration_s,
             "error_kind": error_kind,
             "attempt_key": attempt_key,
+            "destination": destination,
+            "verified_by": verified_by,
+            "content_md5": content_md5,
         },
     ).scalar()
     inserted = row_id is not None
@@ -167,9 +186,9 @@ def recompute_uploaded(session: Session) -> int:
     required = _required(session)
     if not required:
         return 0
-    flagged = len(session.execute(_COMPLETE_ALL, {"required": list(required)}).all())
+    flagged = len(session.execute(_COMPLETE_ALL, _required_params(required)).all())
     if flagged:
-        log.info("recording.completed_by_sweep", count=flagged, required=list(required))
+        log.info("recording.completed_by_sweep", count=flagged, required=_slugs(required))
     return flagged
 
 
@@ -194,18 +213,27 @@ def _complete_if_done(session: Session, recording_id: int) -> bool:
     required = _required(session)
     if not required:
         return False
-    params = {"rid": recording_id, "required": list(required)}
+    params = {"rid": recording_id, **_required_params(required)}
     if session.execute(_COMPLETE_ONE, params).first() is None:
         return False
-    log.info("recording.completed", recording_id=recording_id, required=list(required))
+    log.info("recording.completed", recording_id=recording_id, required=_slugs(required))
     return True
 
 
-def _required(session: Session) -> tuple[str, ...]:
-    """The required remotes, or none when the settings cannot be read: then nothing is
-    flagged now (the safe side) and the dispatcher's sweep flags it once they are fixed."""
+def _required(session: Session) -> tuple[tuple[str, str], ...]:
+    """The required remotes and their current destinations, or none when the settings
+    cannot be read: then nothing is flagged now (the safe side) and the dispatcher's sweep
+    flags it once they are fixed."""
     try:
-        return required_slugs(session)
+        return required_destinations(session)
     except SettingsInvalid as exc:
         log.error("recording.completion_skipped", reason=str(exc))
         return ()
+
+
+def _required_params(required: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+    return {"required": _slugs(required), "destinations": [d for _, d in required]}
+
+
+def _slugs(required: tuple[tuple[str, str], ...]) -> list[str]:
+    return [slug for slug, _ in required]

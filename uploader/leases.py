@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader import work_poller
+from uploader.destination import current_one as current_destination
 from uploader.redact import redact
 from uploader.work_poller import Source
 
@@ -110,12 +111,14 @@ _RELEASE = text(
     """
 )
 # The guard keeps the cursor's promise (every id behind it is decided): a pair_state row goes
-# only once the pair has its success row or its recording is local_deleted.
+# only once the pair has its success row at the remote's current destination, or its
+# recording is local_deleted.
 _FINISH = """
     DELETE FROM pair_state p
     WHERE p.recording_id = :rid AND p.remote_slug = :slug {token}
       AND (EXISTS (SELECT 1 FROM uploads u WHERE u.recording_id = p.recording_id
-                   AND u.remote_slug = p.remote_slug AND u.success)
+                   AND u.remote_slug = p.remote_slug AND u.success
+                   AND u.destination = :dest)
            OR EXISTS (SELECT 1 FROM recordings r WHERE r.id = p.recording_id AND r.local_deleted))
     RETURNING 1
 """
@@ -248,9 +251,17 @@ def release(session: Session, recording_id: int, remote_slug: str, token: str) -
     return released
 
 
-def finish(session: Session, recording_id: int, remote_slug: str, token: str | None) -> bool:
-    """Forget the pair: after its success row was written, or when its recording turned
-    ``local_deleted``. With a ``token``, only its holder may; ``None`` forgets it regardless.
+def finish(
+    session: Session,
+    recording_id: int,
+    remote_slug: str,
+    token: str | None,
+    *,
+    destination: str | None = None,
+) -> bool:
+    """Forget the pair: after its success row at the remote's current ``destination`` (read
+    when not given) was written, or when its recording turned ``local_deleted``. With a
+    ``token``, only its holder may; ``None`` forgets it regardless.
 
     Refuses (False, ``pair.finish_refused``) while the pair is neither done nor deleted - that
     row is the only trace of a pair behind the cursor - and then releases the lease instead.
@@ -262,6 +273,9 @@ def finish(session: Session, recording_id: int, remote_slug: str, token: str | N
         match_token = "AND p.lease_token = :token"
     if params is None:
         return False
+    if destination is None:
+        destination = current_destination(session, remote_slug)
+    params["dest"] = destination
     if session.execute(text(_FINISH.format(token=match_token)), params).first() is not None:
         log.debug("pair.finished", remote=remote_slug, recording_id=recording_id)
         return True

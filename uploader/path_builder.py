@@ -4,10 +4,17 @@ The only module that knows the remote path convention (design.md §5)::
 
     [<target_path>/]silvasonic/<station_slug>/<sensor_id>/<YYYY-MM-DD>/<stem>.flac
 
-and the only check that ``recordings.file_raw`` stays inside the workspace root. Values from the
-database never leave their folder on the remote: an unsafe ``sensor_id`` or file name is escaped
-deterministically (so retries and other remotes use the same path) and is never an error — a
-pair parked for its name would block the Janitor forever. See docs/encoding.md.
+with one exception: when another recording already owns that object at the same destination
+(two WAVs of one sensor and day with the same stem in different folders, or ``x.wav`` and
+``x.WAV``), the later one is written as ``<stem>~<recording_id>.flac`` (:func:`disambiguated`;
+``uploader.remote_objects`` decides, from the database, before any transfer). Paths are
+compared case-insensitively (:func:`object_key`): a USB stick's exFAT or a Nextcloud on a
+case-insensitive disk would otherwise merge ``X.flac`` and ``x.flac``.
+
+It is also the only check that ``recordings.file_raw`` stays inside the workspace root. Values
+from the database never leave their folder on the remote: an unsafe ``sensor_id`` or file name
+is escaped deterministically (so retries and other remotes use the same path) and is never an
+error — a pair parked for its name would block the Janitor forever. See docs/encoding.md.
 """
 
 from __future__ import annotations
@@ -73,11 +80,13 @@ def escape_segment(value: str, *, keep_percent: bool = False) -> str:
 
 def flac_name(filename: str) -> str:
     """``raw_1.wav`` → ``raw_1.flac``: the last extension, any case, is replaced (none is
-    added to); the stem is escaped like any segment."""
+    added to); the stem is escaped like any segment, and ``~`` becomes ``%7E``."""
     stem, dot, extension = filename.rpartition(".")
     if not dot or not stem or "/" in extension or "\\" in extension:
         stem = filename
-    return f"{escape_segment(stem)}.flac"
+    # "~" is kept for disambiguated(): a stem of ours never holds one, so "<stem>~<id>" can
+    # never be another recording's own name
+    return f"{escape_segment(stem).replace('~', '%7E')}.flac"
 
 
 def build_remote_path(
@@ -114,6 +123,19 @@ def build_remote_path(
         if target_path.startswith("/"):
             return "/" + "/".join(parts)
     return "/".join(parts)
+
+
+def object_key(remote_path: str) -> str:
+    """The key under which two remote paths are the same object: NFC, then lower case."""
+    return unicodedata.normalize("NFC", remote_path).lower()
+
+
+def disambiguated(remote_path: str, recording_id: int) -> str:
+    """``…/<stem>.flac`` → ``…/<stem>~<recording_id>.flac``: the name of a recording whose
+    usual path another recording already owns. Deterministic, so every retry uses it."""
+    folder, slash, name = remote_path.rpartition("/")
+    stem = name[: -len(".flac")] if name.endswith(".flac") else name
+    return f"{folder}{slash}{stem}~{recording_id}.flac"
 
 
 def resolve_local_path(workspace_root: Path, file_raw: str) -> Path:

@@ -19,13 +19,17 @@ from sqlalchemy import text
 # ANALYZE looks empty, and would be probed through ix_uploads_remote_slug (all of its rows per
 # probe) instead of the (recording_id, remote_slug) indexes.
 SLUG = "(SELECT CAST(:slug AS text))"
+# the remote's current destination (uploader.destination), computed by the caller: only a
+# success row there makes a pair done
+DEST = "(SELECT CAST(:dest AS text))"
 PROBES = f"""
     LEFT JOIN LATERAL (
         SELECT 1 AS hit FROM pair_state p
         WHERE p.recording_id = {{rid}} AND p.remote_slug = {SLUG} LIMIT 1) AS ps ON true
     LEFT JOIN LATERAL (
         SELECT 1 AS hit FROM uploads u
-        WHERE u.recording_id = {{rid}} AND u.remote_slug = {SLUG} AND u.success LIMIT 1
+        WHERE u.recording_id = {{rid}} AND u.remote_slug = {SLUG} AND u.success
+          AND u.destination = {DEST} LIMIT 1
     ) AS up ON true
 """
 LIVE_FROM = """
@@ -65,6 +69,7 @@ RETRY_COLUMNS = """
     LEFT JOIN LATERAL (
         SELECT 1 AS hit FROM uploads u
         WHERE u.recording_id = p.recording_id AND u.remote_slug = p.remote_slug AND u.success
+          AND u.destination = :dest
         LIMIT 1) AS up ON true
 """
 # Retry work in one round trip, from two partial indexes:
@@ -100,21 +105,31 @@ RETRY = text(
     """
 )
 
-CURSOR_READ = text("SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug")
+CURSOR_READ = text(
+    "SELECT last_recording_id, destination FROM remote_cursor WHERE remote_slug = :slug"
+)
 CURSOR_LOCK = text(
-    "SELECT last_recording_id FROM remote_cursor WHERE remote_slug = :slug FOR UPDATE SKIP LOCKED"
+    "SELECT last_recording_id, destination FROM remote_cursor WHERE remote_slug = :slug "
+    "FOR UPDATE SKIP LOCKED"
 )
 CURSOR_CREATE = text(
     """
-    INSERT INTO remote_cursor (remote_slug, last_recording_id)
-    SELECT :slug, :start WHERE EXISTS (SELECT 1 FROM storage_remotes WHERE slug = :slug)
+    INSERT INTO remote_cursor (remote_slug, last_recording_id, destination)
+    SELECT :slug, :start, :dest WHERE EXISTS (SELECT 1 FROM storage_remotes WHERE slug = :slug)
     ON CONFLICT (remote_slug) DO NOTHING
     RETURNING last_recording_id
     """
 )
+# the remote was pointed elsewhere: the walk starts again for the new destination
+CURSOR_RETARGET = text(
+    "UPDATE remote_cursor SET last_recording_id = :start, destination = :dest, "
+    "updated_at = now() WHERE remote_slug = :slug"
+)
+# never moves a cursor that was walked for another destination
 CURSOR_ADVANCE = text(
     "UPDATE remote_cursor SET last_recording_id = :to, updated_at = now() "
-    "WHERE remote_slug = :slug AND last_recording_id < :to"
+    "WHERE remote_slug = :slug AND last_recording_id < :to "
+    "AND destination IS NOT DISTINCT FROM :dest"
 )
 CURSOR_REWIND = text(
     "UPDATE remote_cursor SET last_recording_id = greatest(last_recording_id - :by, 0),"
@@ -125,12 +140,16 @@ CURSOR_ADVANCE_NOWAIT = text(
     """
     UPDATE remote_cursor SET last_recording_id = :to, updated_at = now()
     WHERE remote_slug = :slug AND last_recording_id < :to
+      AND destination IS NOT DISTINCT FROM :dest
       AND remote_slug IN (SELECT remote_slug FROM remote_cursor
                           WHERE remote_slug = :slug FOR UPDATE SKIP LOCKED)
     """
 )
 
-HAS_SUCCESS = text("SELECT EXISTS (SELECT 1 FROM uploads WHERE remote_slug = :slug AND success)")
+HAS_SUCCESS = text(
+    "SELECT EXISTS (SELECT 1 FROM uploads "
+    "WHERE remote_slug = :slug AND success AND destination = :dest)"
+)
 # the seed's anti-join, run once per remote when its cursor is created on a database that
 # already holds success rows for it (a SEED-ERA upgrade): where does undecided work start?
 FIRST_UNDECIDED = text(
@@ -138,7 +157,8 @@ FIRST_UNDECIDED = text(
     SELECT r.id FROM recordings r
     WHERE NOT r.local_deleted
       AND NOT EXISTS (SELECT 1 FROM uploads u
-                      WHERE u.recording_id = r.id AND u.remote_slug = :slug AND u.success)
+                      WHERE u.recording_id = r.id AND u.remote_slug = :slug AND u.success
+                        AND u.destination = :dest)
       AND NOT EXISTS (SELECT 1 FROM pair_state p
                       WHERE p.recording_id = r.id AND p.remote_slug = :slug)
     ORDER BY r.id

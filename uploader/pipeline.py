@@ -17,10 +17,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import flac_encoder, leases, path_builder, remote_state
+from uploader import destination, evidence, flac_encoder, leases, path_builder, remote_state
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, SourceMissing
+from uploader.evidence import Encoded
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
+from uploader.remote_objects import claim_path
 from uploader.remote_state import RemoteState
 from uploader.settings import StationSettings
 
@@ -55,6 +57,10 @@ class PairJob:
     remote: RemoteSnapshot
     station_name: str
     bandwidth_limit: str
+    #: where the remote's bytes land now (``uploader.destination``)
+    destination: str = ""
+    #: what the encode step recorded under this lease (None: nothing yet, or another lease)
+    encoded: Encoded | None = None
 
     @property
     def wav_name(self) -> str:
@@ -87,6 +93,8 @@ def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
         ),
         station_name=settings.system.station_name,
         bandwidth_limit=settings.uploader.bandwidth_limit,
+        destination=destination.destination_of(row.type, dict(row.config or {}), row.target_path),
+        encoded=evidence.encoded_from_row(row),
     )
 
 
@@ -107,11 +115,13 @@ _BEGIN = text(
     SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
            st.state, st.since, st.detail,
            r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted,
-           s.slug, s.type, s.config, s.target_path, s.is_active
+           s.slug, s.type, s.config, s.target_path, s.is_active,
+           {evidence.ENCODED_COLUMNS}
     FROM (SELECT 1) AS one
     LEFT JOIN remote_status st ON st.remote_slug = :slug
     LEFT JOIN recordings r ON r.id = :rid
     LEFT JOIN storage_remotes s ON s.slug = :slug
+    {evidence.ENCODED_JOIN}
     """
 )
 
@@ -172,31 +182,78 @@ def ensure_flac(
 
 
 def remote_path_for(job: PairJob) -> str:
+    """The pair's usual object path (``path_builder``); :func:`claim_object` may give another."""
     return path_builder.build_remote_path(
         job.station_name, job.sensor_id, job.time, job.wav_name, job.remote.target_path
     )
 
 
-def transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> tuple[str, RcloneResult]:
-    """Upload the pair's FLAC (re-encoding it if it is gone). Only a file inside the worker's
-    own temp dir is ever sent."""
-    flac = _flac_in_temp(ctx, job)
-    remote_path = remote_path_for(job)
-    return remote_path, client.upload_file(flac.path, remote_path, job.bandwidth_limit)
+def claim_object(session: Session, job: PairJob, token: str, flac: FlacFile) -> Encoded | None:
+    """Claim the pair's object at the remote's current destination and record the FLAC under
+    the lease (``uploader.evidence``); None when the lease is lost. The caller commits before
+    anything is transferred."""
+    remote_path = claim_path(
+        session,
+        recording_id=job.recording_id,
+        remote_slug=job.remote.slug,
+        destination=job.destination,
+        usual_path=remote_path_for(job),
+    )
+    encoded = Encoded(flac.size_bytes, flac.md5, remote_path, job.destination)
+    recorded = evidence.record_encoded(
+        session,
+        job.recording_id,
+        job.remote.slug,
+        token,
+        size=encoded.size,
+        md5=encoded.md5,
+        remote_path=encoded.remote_path,
+        destination=encoded.destination,
+    )
+    return encoded if recorded else None
 
 
-def start_transfer(ctx: WorkerContext, job: PairJob, client: RcloneClient) -> PendingUpload | None:
-    """Start the pair's upload now, without waiting (rcd only; None when it cannot be started
-    here — the upload step then runs its own). Only a file inside the worker's own temp dir."""
-    flac = _flac_in_temp(ctx, job)
-    return client.begin_upload(flac.path, remote_path_for(job), job.bandwidth_limit)
+def checked_flac(ctx: WorkerContext, job: PairJob, encoded: Encoded) -> FlacFile | None:
+    """The pair's FLAC in the worker's own temp dir, exactly as the encode step recorded it.
 
-
-def _flac_in_temp(ctx: WorkerContext, job: PairJob) -> FlacFile:
-    flac = ensure_flac(ctx, job, checksum=False)  # the encode step reported it already
-    if not flac.path.resolve().is_relative_to(ctx.temp_dir.resolve()):
+    None when it is gone (the caller encodes again). Raises :class:`FileRejected` when it
+    differs in size or md5 from the record (it is removed first: something other than the
+    encode step wrote it), or lies outside the temp dir.
+    """
+    path = flac_path_for(ctx, job)
+    if not path.resolve().is_relative_to(ctx.temp_dir.resolve()):
         raise FileRejected("FLAC outside the worker's temp dir", recording_id=job.recording_id)
-    return flac
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    md5 = flac_encoder.file_md5(path) if size == encoded.size else ""
+    if size != encoded.size or md5 != encoded.md5:
+        cleanup(ctx, job.recording_id)
+        raise FileRejected(
+            f"the FLAC in the temp folder changed after the encode step (size {size}, "
+            f"recorded {encoded.size}; md5 {'differs' if md5 else 'not compared'}): it was "
+            "removed and is encoded again at the next attempt. Check who else writes to "
+            f"{ctx.temp_dir}",
+            recording_id=job.recording_id,
+        )
+    return FlacFile(path, size, md5)
+
+
+def transfer(client: RcloneClient, job: PairJob, flac: FlacFile, encoded: Encoded) -> RcloneResult:
+    """Upload the checked FLAC to its claimed object."""
+    return client.upload_file(flac.path, encoded.remote_path, job.bandwidth_limit)
+
+
+def start_transfer(
+    ctx: WorkerContext, job: PairJob, client: RcloneClient, encoded: Encoded
+) -> PendingUpload | None:
+    """Start the pair's upload now, without waiting (rcd only; None when it cannot be started
+    here — the upload step then runs its own). Only the FLAC the encode step recorded."""
+    flac = checked_flac(ctx, job, encoded)
+    if flac is None:
+        return None
+    return client.begin_upload(flac.path, encoded.remote_path, job.bandwidth_limit)
 
 
 def cleanup(ctx: WorkerContext, recording_id: int) -> None:

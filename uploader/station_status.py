@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from uploader import leases, remote_state, work_poller
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.destination import current_one as current_destination
 from uploader.schedule import is_within_window
 from uploader.settings import StationSettings, load_station_settings
 
@@ -148,7 +149,8 @@ _OLDEST_INCOMPLETE = text(
 _PAIR = text(
     """
     SELECT EXISTS (SELECT 1 FROM uploads u WHERE u.recording_id = :rid
-                   AND u.remote_slug = :slug AND u.success) AS done,
+                   AND u.remote_slug = :slug AND u.success
+                   AND u.destination = :dest) AS done,
            p.lease_until > now() AS leased, p.file_failures, p.parked_until, p.last_error
     FROM (SELECT 1) AS one
     LEFT JOIN pair_state p ON p.recording_id = :rid AND p.remote_slug = :slug
@@ -289,7 +291,8 @@ def _oldest_incomplete(
     for slug, remote in remotes.items():
         if not remote.required:
             continue
-        pair = session.execute(_PAIR, {"rid": row.id, "slug": slug}).one()
+        dest = current_destination(session, slug)
+        pair = session.execute(_PAIR, {"rid": row.id, "slug": slug, "dest": dest}).one()
         if pair.done:
             continue
         waiting.append(

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Engine
 
+from uploader.evidence import Encoded
 from uploader.pair_lock import PairLocks
 from uploader.pipeline import PairJob, WorkerContext, start_transfer
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
@@ -76,7 +77,14 @@ class TransfersAhead:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def start(self, ctx: WorkerContext, job: PairJob, client: RcloneClient, token: str) -> bool:
+    def start(
+        self,
+        ctx: WorkerContext,
+        job: PairJob,
+        client: RcloneClient,
+        token: str,
+        encoded: Encoded,
+    ) -> bool:
         """Start the pair's transfer unless ``MAX_RUNNING`` are still running or another
         execution holds the pair; True when one was started. Never raises for a transfer that
         cannot start (the upload step will run its own and report why)."""
@@ -93,7 +101,7 @@ class TransfersAhead:
                 log.debug("upload.ahead_not_started", error=type(exc).__name__)
                 return False
             try:
-                pending = start_transfer(ctx, job, client)
+                pending = start_transfer(ctx, job, client, encoded)
             except Exception as exc:  # the upload step meets the same problem and classifies it
                 log.debug("upload.ahead_not_started", error=type(exc).__name__)
                 pending = None

@@ -1,7 +1,9 @@
 """What "pending" means (design.md §2), and the only code that knows it.
 
 A pair (recording, remote) is pending when the recording is not ``local_deleted``, the remote
-has no success row in ``uploads`` for it, it holds no live lease and it is not parked.
+has no success row in ``uploads`` for it at the remote's current destination
+(``uploader.destination``; a remote pointed elsewhere starts its walk again), it holds no
+live lease and it is not parked.
 ``recordings.uploaded`` is never consulted: that is the Janitor's signal, judged against the
 required set, not against the remote asked about. Whether the remote is *running* is the
 caller's question (``uploader.active``); the dispatcher asks only for running remotes.
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from uploader import pending_sql as sql
+from uploader.destination import current_one as current_destination
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +115,7 @@ class CandidateBatch:
     chosen: tuple[Candidate, ...]  # at most n, oldest first
     stale: tuple[int, ...]  # retry rows whose pair is done or local_deleted: drop them
     cursor: int
+    destination: str | None  # the remote's current destination (None: the remote is gone)
     cursor_locked: bool  # this transaction holds (or just created) the cursor row
     cursor_exists: bool  # the remote has a cursor row (a reader may then move it)
     walked: tuple[int, ...]  # new-work ids the walk returned, ascending
@@ -151,9 +155,11 @@ def count_pending(session: Session, remote_slug: str) -> int:
     further on make it an over-estimate, rows committed late behind the cursor are not
     counted. A number for operators, never for decisions.
     """
-    cursor = _read_cursor(session, remote_slug)
+    dest = current_destination(session, remote_slug)
+    cursor, _, _ = _open_cursor(session, remote_slug, dest, lock=False)
     pending, scanned, first_id, last_id = session.execute(
-        sql.COUNT_WINDOW, {"slug": remote_slug, "lo": cursor, "cap": COUNT_EXACT_CAP}
+        sql.COUNT_WINDOW,
+        {"slug": remote_slug, "dest": dest, "lo": cursor, "cap": COUNT_EXACT_CAP},
     ).one()
     new = int(pending)
     if scanned >= COUNT_EXACT_CAP:
@@ -186,16 +192,17 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
     candidates are read without locks; ``uploader.leases`` locks (``SKIP LOCKED``) and leases
     only the ones chosen, re-checking that they are still free.
     """
-    cursor, cursor_locked, cursor_exists = _open_cursor(session, remote_slug, lock=lock)
+    dest = current_destination(session, remote_slug)
+    cursor, cursor_locked, cursor_exists = _open_cursor(session, remote_slug, dest, lock=lock)
     walk_new = cursor_locked or not lock
     walked: list[Candidate] = []
     scan_end: int | None = None
     if walk_new:
-        walked, scan_end = _walk(session, remote_slug, cursor, n)
+        walked, scan_end = _walk(session, remote_slug, dest, cursor, n)
 
     retries: list[Candidate] = []
     stale: list[int] = []
-    for row in session.execute(sql.RETRY, {"slug": remote_slug, "n": n}):
+    for row in session.execute(sql.RETRY, {"slug": remote_slug, "dest": dest, "n": n}):
         if row.local_deleted or row.done:
             stale.append(row.recording_id)
             continue
@@ -207,6 +214,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
         chosen=tuple(oldest(retries + walked, n)),
         stale=tuple(stale),
         cursor=cursor,
+        destination=dest,
         cursor_locked=cursor_locked,
         cursor_exists=cursor_exists,
         walked=tuple(c.recording_id for c in walked),
@@ -227,7 +235,7 @@ def advance_cursor(session: Session, batch: CandidateBatch, taken_new: Collectio
     target = next_cursor(batch.cursor, batch.walked, taken_new, batch.scan_end, batch.n)
     if target <= batch.cursor:
         return batch.cursor
-    params = {"slug": batch.remote_slug, "to": target}
+    params = {"slug": batch.remote_slug, "to": target, "dest": batch.destination}
     session.execute(
         sql.CURSOR_ADVANCE if batch.cursor_locked else sql.CURSOR_ADVANCE_NOWAIT, params
     )
@@ -289,10 +297,10 @@ def _candidate(row: Any, recording_id: int, source: Source, park_expired: bool) 
 
 
 def _walk(
-    session: Session, remote_slug: str, cursor: int, n: int
+    session: Session, remote_slug: str, dest: str | None, cursor: int, n: int
 ) -> tuple[list[Candidate], int | None]:
     lo = max(cursor - LOOKBACK_IDS, 0)
-    params = {"slug": remote_slug, "lo": lo, "scan": SCAN_ROWS, "n": n}
+    params = {"slug": remote_slug, "dest": dest, "lo": lo, "scan": SCAN_ROWS, "n": n}
     found: list[Candidate] = []
     scan_end: int | None = None
     for row in session.execute(sql.WALK, params):
@@ -304,46 +312,64 @@ def _walk(
     return found, scan_end
 
 
-def _read_cursor(session: Session, remote_slug: str) -> int:
-    value = session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar()
-    return int(value) if value is not None else 0
-
-
-def _open_cursor(session: Session, remote_slug: str, *, lock: bool) -> tuple[int, bool, bool]:
+def _open_cursor(
+    session: Session, remote_slug: str, dest: str | None, *, lock: bool
+) -> tuple[int, bool, bool]:
     """(cursor, whether this transaction holds the cursor row, whether the row exists).
 
-    Without ``lock`` the row is only read; a remote that has none yet starts where
-    :func:`_starting_point` says, and nothing is written. With ``lock`` a missing row is
-    created (lazily: a remote added later needs no other set-up, and the FK cascade removes
-    it with the remote); a row another transaction holds is skipped.
+    Without ``lock`` the row is only read; a remote that has none yet, or whose cursor was
+    walked for another destination, starts where :func:`_starting_point` says, and nothing
+    is written. With ``lock`` a missing row is created (lazily: a remote added later needs no
+    other set-up, and the FK cascade removes it with the remote), and a cursor walked for
+    another destination starts again (the remote was pointed elsewhere: what was done there
+    is not done here); a row another transaction holds is skipped.
     """
     if not lock:
-        value = session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar()
-        if value is not None:
-            return int(value), False, True
-        return _starting_point(session, remote_slug), False, False
-    value = session.execute(sql.CURSOR_LOCK, {"slug": remote_slug}).scalar()
-    if value is not None:
-        return int(value), True, True
-    if session.execute(sql.CURSOR_READ, {"slug": remote_slug}).scalar() is not None:
+        row = session.execute(sql.CURSOR_READ, {"slug": remote_slug}).first()
+        if row is not None and row.destination in (None, dest):
+            return int(row.last_recording_id), False, True
+        return _starting_point(session, remote_slug, dest), False, row is not None
+    row = session.execute(sql.CURSOR_LOCK, {"slug": remote_slug}).first()
+    if row is not None:
+        if row.destination in (None, dest):
+            if row.destination is None:  # written before destinations were recorded
+                session.execute(
+                    sql.CURSOR_RETARGET,
+                    {"slug": remote_slug, "start": row.last_recording_id, "dest": dest},
+                )
+            return int(row.last_recording_id), True, True
+        start = _starting_point(session, remote_slug, dest)
+        session.execute(sql.CURSOR_RETARGET, {"slug": remote_slug, "start": start, "dest": dest})
+        log.warning(
+            "cursor.destination_changed",
+            remote=remote_slug,
+            previous_last_recording_id=int(row.last_recording_id),
+            last_recording_id=start,
+        )
+        return start, True, True
+    if session.execute(sql.CURSOR_READ, {"slug": remote_slug}).first() is not None:
         return 0, False, True  # another claim is walking this remote right now
-    start = _starting_point(session, remote_slug)
-    created = session.execute(sql.CURSOR_CREATE, {"slug": remote_slug, "start": start}).scalar()
+    start = _starting_point(session, remote_slug, dest)
+    created = session.execute(
+        sql.CURSOR_CREATE, {"slug": remote_slug, "start": start, "dest": dest}
+    ).scalar()
     if created is None:
         return 0, False, False  # the remote is gone, or another claim created the row just now
     log.info("cursor.created", remote=remote_slug, last_recording_id=int(created))
     return int(created), True, True
 
 
-def _starting_point(session: Session, remote_slug: str) -> int:
+def _starting_point(session: Session, remote_slug: str, dest: str | None) -> int:
     """Where a new cursor starts: 0, unless the database already holds success rows for this
-    remote (a SEED-ERA database upgraded in place). Then it starts just below the first
-    recording that is not decided, found once with the seed's anti-join (about a second at a
-    million recordings), instead of walking a million done rows a few thousand at a time."""
-    if not session.execute(sql.HAS_SUCCESS, {"slug": remote_slug}).scalar():
+    remote at this destination (a SEED-ERA database upgraded in place, or a remote pointed
+    back to a place it used before). Then it starts just below the first recording that is
+    not decided, found once with the seed's anti-join (about a second at a million
+    recordings), instead of walking a million done rows a few thousand at a time."""
+    params = {"slug": remote_slug, "dest": dest}
+    if dest is None or not session.execute(sql.HAS_SUCCESS, params).scalar():
         return 0
     started = _time.perf_counter()
-    first = session.execute(sql.FIRST_UNDECIDED, {"slug": remote_slug}).scalar()
+    first = session.execute(sql.FIRST_UNDECIDED, params).scalar()
     start = int(first) - 1 if first is not None else int(session.execute(sql.MAX_ID).scalar_one())
     log.info(
         "cursor.catch_up_computed",

@@ -11,7 +11,7 @@ from uploader.db import schema
 from uploader.errors import IncompatibleDatabase, SchemaOutdated
 
 SEED_ERA_DDL = Path(__file__).parent.parent / "fixtures" / "seed_era_schema.sql"
-OURS = {"pair_state", "remote_cursor", "remote_status", schema.VERSION_TABLE}
+OURS = {"pair_state", "remote_cursor", "remote_status", "remote_objects", schema.VERSION_TABLE}
 BASE = {
     "recordings",
     "uploads",

@@ -20,7 +20,7 @@ from uploader.errors import SettingsInvalid
 def test_recompute_with_an_empty_required_set_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(audit_logger, "required_slugs", lambda _s: ())
+    monkeypatch.setattr(audit_logger, "required_destinations", lambda _s: ())
     session = MagicMock()
     assert audit_logger.recompute_uploaded(session) == 0
     session.execute.assert_not_called()
@@ -30,7 +30,7 @@ def test_recompute_with_unreadable_settings_writes_nothing(monkeypatch: pytest.M
     def broken(_s: object) -> tuple[str, ...]:
         raise SettingsInvalid("system", "max_uploaders", "not an integer")
 
-    monkeypatch.setattr(audit_logger, "required_slugs", broken)
+    monkeypatch.setattr(audit_logger, "required_destinations", broken)
     session = MagicMock()
     assert audit_logger.recompute_uploaded(session) == 0
     session.execute.assert_not_called()

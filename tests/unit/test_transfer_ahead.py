@@ -73,7 +73,7 @@ class Job:
 def started(monkeypatch: pytest.MonkeyPatch) -> list[FakePending]:
     made: list[FakePending] = []
 
-    def fake_start(ctx: Any, job: Job, client: Any) -> FakePending | None:
+    def fake_start(ctx: Any, job: Job, client: Any, encoded: Any) -> FakePending | None:
         if job.recording_id < 0:
             raise OSError("disk full")
         if job.recording_id == 0:
@@ -91,7 +91,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[FakePending]:
 
 
 def start(ahead: TransfersAhead, client: FakeClient, rid: int, token: str = "t") -> bool:
-    return ahead.start(None, Job(rid), client, token)  # type: ignore[arg-type]
+    return ahead.start(None, Job(rid), client, token, None)  # type: ignore[arg-type]
 
 
 def held(ahead: TransfersAhead) -> set[tuple[int, str]]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 VERSION_TABLE = "silvasonic_uploader_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 #: the newest revision in migrations/versions (tests/unit/test_schema_head.py checks it)
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def alembic_config(url: str) -> Config:

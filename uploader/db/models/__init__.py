@@ -7,6 +7,7 @@ from uploader.db.models.system import SystemConfig
 from uploader.db.models.uploader import (
     PairState,
     RemoteCursor,
+    RemoteObject,
     RemoteStatus,
     StorageRemote,
     Upload,
@@ -19,6 +20,7 @@ __all__ = [
     "PairState",
     "Recording",
     "RemoteCursor",
+    "RemoteObject",
     "RemoteStatus",
     "StorageRemote",
     "SystemConfig",

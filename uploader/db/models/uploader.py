@@ -77,13 +77,19 @@ class Upload(Base):
     duration_s: Mapped[float | None] = mapped_column(Double, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempt_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # ours (nullable, added by migration 0004): where a success was verified, and how
+    destination: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content_md5: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
-        # exactly one success row per pair; also serves the "has this remote got it?" probe
+        # exactly one success row per pair and destination; also serves the "has this remote
+        # got it where it points now?" probe
         Index(
             "uq_uploads_success_pair",
             "recording_id",
             "remote_slug",
+            "destination",
             unique=True,
             postgresql_where=text("success"),
         ),
@@ -119,6 +125,15 @@ class PairState(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # what the steps proved under a lease token (uploader.evidence; migration 0004)
+    flac_token: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), nullable=True)
+    flac_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    flac_md5: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_token: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), nullable=True)
+    verified_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    verified_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_destination: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_pair_state_remote_lease", "remote_slug", "lease_until"),)
 
@@ -136,8 +151,31 @@ class RemoteCursor(Base):
     last_recording_id: Mapped[int] = mapped_column(
         BigInteger, nullable=False, server_default=text("0")
     )
+    #: the destination the cursor was walked for (``uploader.destination``)
+    destination: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class RemoteObject(Base):
+    """Which recording owns which object path at which destination (``remote_objects``)."""
+
+    __tablename__ = "remote_objects"
+
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
+    path_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("recordings.id"), nullable=False
+    )
+    remote_slug: Mapped[str] = mapped_column(Text, nullable=False)
+    remote_path: Mapped[str] = mapped_column(Text, nullable=False)
+    claimed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        Index("uq_remote_objects_recording", "recording_id", "destination", unique=True),
     )
 
 
