@@ -32,9 +32,10 @@ from cli.operator_common import (
     operator_session,
     warn,
 )
-from uploader import audit_logger, leases
+from uploader import audit_logger, leases, retarget
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
+from uploader.destination import destination_of
 from uploader.errors import RemoteConfigInvalid
 from uploader.redact import MASK, redact
 from uploader.remotes import (
@@ -258,6 +259,12 @@ def _refuse_existing(session: Session, slug: str) -> None:
     is_flag=True,
     help=f"Encrypt the remote's plaintext secrets in place (needs {KEY_ENV}).",
 )
+@click.option(
+    "--moved",
+    is_flag=True,
+    help="With a new destination (target path, URL, endpoint, host): the archive was moved "
+    "there too, so what is uploaded counts there (audited as 'moved'); nothing is uploaded again.",
+)
 @json_option
 def set_cmd(
     slug: str,
@@ -269,10 +276,16 @@ def set_cmd(
     secret_names: tuple[str, ...],
     secrets_from_stdin: bool,
     encrypt_secrets: bool,
+    moved: bool,
     as_json: bool,
 ) -> None:
     """Change remote SLUG's name, target path or options; replace secrets with --secret FIELD
-    (prompted) or --secrets-from-stdin. A config change clears a worker's misconfigured mark."""
+    (prompted) or --secrets-from-stdin. A config change clears a worker's misconfigured mark.
+
+    A new destination (target path, URL, endpoint, bucket, host) means the recordings uploaded
+    to the old place are not at the new one: those still on disk are uploaded again, those
+    already deleted remain only at the old place (it says how many). --moved says the archive
+    was moved along."""
     if target_path is not None and clear_target_path:
         raise click.UsageError("--target-path and --clear-target-path exclude each other")
     key = _encryption_key()
@@ -304,6 +317,21 @@ def set_cmd(
         if clear_target_path or target_path is not None:
             new_target = None if clear_target_path else target_path
         _validate(slug, remote_type, config, new_target)
+        old_dest = destination_of(remote_type, row.config or {}, row.target_path)
+        new_dest = destination_of(remote_type, config, new_target)
+        if moved and old_dest == new_dest:
+            raise click.UsageError("--moved goes with a new destination; this change keeps it")
+        effects_of_move = retarget.change_effects(session, slug, old_dest, new_dest)
+        carried = 0
+        if moved:
+            carried = retarget.carry_over(
+                session,
+                slug,
+                old=old_dest,
+                new=new_dest,
+                old_target=row.target_path,
+                new_target=new_target,
+            )
         changes: list[str] = []
         if name is not None and name != row.name:
             row.name = name
@@ -317,14 +345,44 @@ def set_cmd(
         if not changes:
             raise click.ClickException("nothing to change (see `remotes set --help`)")
     effects = after_change()
-    result = {"slug": slug, "action": "changed", "changed": changes,
-              "encrypted_in_place": encrypted_now}  # fmt: skip
-    _report(
-        as_json,
-        {**result, **_secret_summary(supplied, key)},
-        effects,
-        f"remote {slug!r} changed: {', '.join(changes)}",
+    result: dict[str, Any] = {"slug": slug, "action": "changed", "changed": changes,
+                              "encrypted_in_place": encrypted_now}  # fmt: skip
+    line = f"remote {slug!r} changed: {', '.join(changes)}"
+    if old_dest != new_dest:
+        result["destination"] = {
+            "from": old_dest,
+            "to": new_dest,
+            "moved": moved,
+            "carried_over": carried,
+            "upload_again": 0 if moved else effects_of_move.upload_again,
+            "only_at_old_place": 0 if moved else effects_of_move.only_at_old_place,
+            "only_at_old_place_ids": []
+            if moved
+            else list(effects_of_move.sample_only_at_old_place),
+        }
+        line += "\n" + _destination_line(moved, carried, effects_of_move)
+    _report(as_json, {**result, **_secret_summary(supplied, key)}, effects, line)
+
+
+def _destination_line(moved: bool, carried: int, effects: retarget.ChangeEffects) -> str:
+    if moved:
+        return (
+            f"new destination: {carried} recording(s) recorded as moved there (audited as "
+            "'moved'); nothing is uploaded again"
+        )
+    text = (
+        f"new destination: {effects.upload_again} recording(s) still on disk will be uploaded "
+        "again to the new place"
     )
+    if effects.only_at_old_place:
+        ids = ", ".join(str(i) for i in effects.sample_only_at_old_place)
+        more = " …" if effects.only_at_old_place > len(effects.sample_only_at_old_place) else ""
+        text += (
+            f"; {effects.only_at_old_place} recording(s) no longer exist locally and remain "
+            f"only at the old place (ids {ids}{more}); `status` lists them. If you moved the "
+            "old data there, run this command again with --moved instead"
+        )
+    return text
 
 
 def parse_options(options: Iterable[str], remote_type: str, spec: RemoteType) -> dict[str, str]:

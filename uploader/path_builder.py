@@ -113,16 +113,19 @@ def build_remote_path(
         day.isoformat(),
         flac_name(filename),
     ]
-    if target_path:
-        prefix = [
-            escape_segment(segment, keep_percent=True)
-            for segment in target_path.split("/")
-            if segment
-        ]
-        parts = prefix + parts
-        if target_path.startswith("/"):
-            return "/" + "/".join(parts)
-    return "/".join(parts)
+    return target_prefix(target_path) + "/".join(parts)
+
+
+def target_prefix(target_path: str | None) -> str:
+    """What ``target_path`` puts in front of every remote path: ``""`` for none, else its
+    escaped segments and a trailing ``/`` (with the leading ``/`` of an absolute folder)."""
+    segments = [
+        escape_segment(segment, keep_percent=True)
+        for segment in (target_path or "").split("/")
+        if segment
+    ]
+    lead = "/" if (target_path or "").startswith("/") else ""  # "/" alone: the root folder
+    return lead + "".join(segment + "/" for segment in segments)
 
 
 def object_key(remote_path: str) -> str:

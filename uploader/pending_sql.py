@@ -123,6 +123,7 @@ CURSOR_CREATE = text(
 # the remote was pointed elsewhere: the walk starts again for the new destination
 CURSOR_RETARGET = text(
     "UPDATE remote_cursor SET last_recording_id = :start, destination = :dest, "
+    "retargeted_at = CASE WHEN destination IS NULL THEN retargeted_at ELSE now() END, "
     "updated_at = now() WHERE remote_slug = :slug"
 )
 # never moves a cursor that was walked for another destination

@@ -11,7 +11,8 @@
 - ``remote_objects``: which recording owns which object path at which destination; a second
   recording mapped to the same path gets ``<stem>~<id>.flac`` instead of overwriting.
 - ``remote_cursor.destination``: the destination the cursor was walked for; when the remote
-  is pointed elsewhere the walk starts again.
+  is pointed elsewhere the walk starts again, and ``retargeted_at`` says when (``status`` then
+  looks for recordings flagged before that are not at the new place).
 
 Existing success rows are taken to be at their remote's current destination (the uploader
 before this revision never changed it), and their paths are registered in
@@ -53,6 +54,7 @@ def upgrade() -> None:
     ):
         op.execute(f"ALTER TABLE pair_state ADD COLUMN IF NOT EXISTS {column} {sql_type}")
     op.execute("ALTER TABLE remote_cursor ADD COLUMN IF NOT EXISTS destination TEXT")
+    op.execute("ALTER TABLE remote_cursor ADD COLUMN IF NOT EXISTS retargeted_at TIMESTAMPTZ")
 
     for slug, rtype, config, target in bind.execute(
         sa.text("SELECT slug, type, config, target_path FROM storage_remotes")
@@ -135,6 +137,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS remote_objects")
     op.execute("ALTER TABLE remote_cursor DROP COLUMN IF EXISTS destination")
+    op.execute("ALTER TABLE remote_cursor DROP COLUMN IF EXISTS retargeted_at")
     for column in (
         "flac_token",
         "flac_size",

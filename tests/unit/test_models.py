@@ -106,7 +106,9 @@ def test_seed_era_index_is_declared(index: str) -> None:
     assert normalise_where(clause.text if clause is not None else None) == normalise_where(where)
 
 
-def test_uploads_keeps_one_success_row_per_pair_and_destination_and_one_row_per_attempt_key() -> None:
+def test_uploads_keeps_one_success_row_per_pair_and_destination_and_one_row_per_attempt_key() -> (
+    None
+):
     indexes = {str(i.name): i for i in _table("uploads").indexes}
     success = indexes["uq_uploads_success_pair"]
     assert success.unique

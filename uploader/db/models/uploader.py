@@ -153,6 +153,8 @@ class RemoteCursor(Base):
     )
     #: the destination the cursor was walked for (``uploader.destination``)
     destination: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: when the remote was last pointed elsewhere (None: never, since migration 0004)
+    retargeted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
