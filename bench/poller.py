@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from uploader import audit_logger, leases, pending_sql, remote_state, work_poller
 from uploader.active import active_remotes
 from uploader.db import schema
+from uploader.destination import destination_of
 from uploader.settings import load_station_settings, normalise_database_url
 
 SHAPES = ("backlog", "added", "scattered")
@@ -70,6 +71,10 @@ SEED_ANTI_JOIN = text(
     ORDER BY r.time LIMIT 50
     """
 )
+
+
+#: the destination of the bench's remotes (local, no target path: uploader.destination)
+_LOCAL_ROOT = destination_of("local", {}, None)
 
 
 def main() -> int:
@@ -159,14 +164,16 @@ def _load(engine: Engine, n: int) -> float:
             FROM generate_series(1, {n}) g""",
         "SELECT setval(pg_get_serial_sequence('recordings', 'id'), "
         "(SELECT max(id) FROM recordings))",
-        f"""INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success)
-            SELECT g, 'backlog', now(), 'seg_' || g || '.flac', 500000, true
+        f"""INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success,
+                                 destination)
+            SELECT g, 'backlog', now(), 'seg_' || g || '.flac', 500000, true, '{_LOCAL_ROOT}'
             FROM generate_series(1, {backlog_from}) g""",
         f"""INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success,
-                                 error_message, error_kind)
+                                 error_message, error_kind, destination)
             SELECT g, 'scattered', now(), 'seg_' || g || '.flac', 500000, NOT {failed},
                    CASE WHEN {failed} THEN 'object rejected' END,
-                   CASE WHEN {failed} THEN 'file' END
+                   CASE WHEN {failed} THEN 'file' END,
+                   CASE WHEN NOT {failed} THEN '{_LOCAL_ROOT}' END
             FROM generate_series(1, {n}) g""",
         # the failed pairs: retry work; 10 % parked, 1 % parked with the window passed
         f"""INSERT INTO pair_state (recording_id, remote_slug, file_failures, parked_until,

@@ -49,7 +49,7 @@ from uploader.pipeline import (
     is_local_deleted,
     transfer,
 )
-from uploader.rclone_client import RcloneErrorKind, RcloneResult
+from uploader.rclone_client import RcloneClient, RcloneErrorKind, RcloneResult
 from uploader.redact import redact
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, load_station_settings
@@ -263,14 +263,18 @@ def _verified(
     pair: Pair,
     job: PairJob,
     settings: StationSettings,
-    client: Any,
+    client: RcloneClient,
     encoded: Encoded,
     result: RcloneResult,
 ) -> dict[str, Any]:
     """Check what landed on the remote, then record it as the evidence the audit step needs."""
     rt = get_runtime()
     verification = client.verify_upload(
-        flac_path_for(rt.ctx, job), encoded.remote_path, size=encoded.size, md5=encoded.md5
+        flac_path_for(rt.ctx, job),
+        encoded.remote_path,
+        size=encoded.size,
+        md5=encoded.md5,
+        bandwidth_limit=job.bandwidth_limit,
     )
     if not verification.ok:
         failed = RcloneResult(

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader.db.models import Device, Recording, StorageRemote, SystemConfig
+from uploader.destination import current_one as current_destination
 
 _seq = itertools.count(1)
 BASE_TIME = datetime(2026, 3, 26, 1, 35, 0, tzinfo=UTC)
@@ -182,11 +183,22 @@ def make_upload(
     success: bool = True,
     attempt_key: str | None = None,
 ) -> None:
-    """An ``uploads`` row written directly, as an older (SEED-ERA) uploader would have."""
+    """An ``uploads`` row written directly, as an older (SEED-ERA) uploader would have, after
+    ``db upgrade`` (migration 0004 dates its success rows at the remote's current destination).
+    """
+    session.flush()
+    dest = current_destination(session, remote_slug) if success else None
     session.execute(
         text(
             "INSERT INTO uploads (recording_id, remote_slug, attempt_at, filename, size, success,"
-            " attempt_key) VALUES (:rid, :slug, now(), 'x.flac', 1, :success, :key)"
+            " attempt_key, destination) VALUES (:rid, :slug, now(), 'x.flac', 1, :success, :key,"
+            " :dest)"
         ),
-        {"rid": recording_id, "slug": remote_slug, "success": success, "key": attempt_key},
+        {
+            "rid": recording_id,
+            "slug": remote_slug,
+            "success": success,
+            "key": attempt_key,
+            "dest": dest,
+        },
     )

@@ -157,9 +157,14 @@ def _seconds(value: float) -> str:
 
 
 def _common_flags(limit: BandwidthLimit) -> list[str]:
+    # --ignore-times: never skip a transfer because an object of the same size is already at
+    # the path. Where the remote shares no hash with us (plain WebDAV) rclone would otherwise
+    # keep any same-size file, foreign or truncated; the upload is always ours, then verified
+    # (RcloneClient.verify_upload). It costs a repeated transfer only when a step is redone.
     flags = [
         "--config", "/notfound",
         "--checksum",
+        "--ignore-times",
         "--contimeout", _seconds(CONNECT_TIMEOUT_S),
         "--timeout", _seconds(IDLE_TIMEOUT_S),
         "--low-level-retries", str(LOW_LEVEL_RETRIES),
@@ -168,6 +173,23 @@ def _common_flags(limit: BandwidthLimit) -> list[str]:
     if limit.arg:
         flags += ["--bwlimit", limit.arg]
     return flags
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :meth:`RcloneClient.verify_upload` found on the remote after a transfer."""
+
+    ok: bool
+    #: the strongest check the remote allowed: ``md5``, ``sha1`` (its hash against ours) or
+    #: ``size`` (a remote without hashes, e.g. plain WebDAV)
+    check: str
+    detail: str = ""  # why it failed (redacted), for the audit row and the log
+    #: FILE: the object is missing or differs; CONNECTION: the remote could not be asked
+    error_kind: RcloneErrorKind = RcloneErrorKind.NONE
+
+
+#: the hashes we ask a remote for, strongest first; ours are computed from the local FLAC
+VERIFY_HASHES = ("md5", "sha1")
 
 
 @dataclass
@@ -464,7 +486,7 @@ class RcloneClient:
             local.name,
             dst_fs,
             dst_remote,
-            config={"CheckSum": True},
+            config={"CheckSum": True, "IgnoreTimes": True},
         )
         if isinstance(jobid, JobOutcome):
             return self._rcd_result(jobid, 0.0, 0, started)
@@ -481,6 +503,112 @@ class RcloneClient:
             return self._failed(RcloneErrorKind.CONNECTION, outcome.error, started)
         kind = classify_rclone_error(outcome.error, None)
         return self._failed(kind, outcome.error, started)
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verify_upload(
+        self,
+        local: Path,
+        remote_path: str,
+        *,
+        size: int,
+        md5: str,
+        bandwidth_limit: str | None = None,
+    ) -> Verification:
+        """Look at the object on the remote and compare it with the FLAC we sent: the size
+        always, and the md5 (or else the sha1) wherever the remote reports one. One rc call
+        with the rcd transport, one ``rclone lsjson`` process with cli.
+
+        Never raises for the remote's answers: a missing or different object is a FILE
+        failure (the transfer is redone), a remote that cannot be asked is CONNECTION.
+        """
+        try:
+            item = self._stat(remote_path, bandwidth_limit)
+        except _StatFailed as exc:
+            kind = exc.kind if exc.kind is not RcloneErrorKind.FILE else RcloneErrorKind.CONNECTION
+            return self._unverified(kind, f"could not check the upload: {exc}")
+        if item is None:
+            return self._unverified(
+                RcloneErrorKind.FILE, f"{remote_path!r} is not on the remote after the upload"
+            )
+        remote_size = int(item.get("Size", -1))
+        if remote_size != size:
+            return self._unverified(
+                RcloneErrorKind.FILE,
+                f"{remote_path!r} holds {remote_size} bytes on the remote, we sent {size}",
+            )
+        hashes = {k.lower(): str(v).lower() for k, v in (item.get("Hashes") or {}).items() if v}
+        if hashes.get("md5"):
+            return self._compare("md5", hashes["md5"], md5, remote_path)
+        if hashes.get("sha1"):
+            return self._compare("sha1", hashes["sha1"], _file_sha1(local), remote_path)
+        return Verification(True, "size")
+
+    def _compare(self, check: str, theirs: str, ours: str, remote_path: str) -> Verification:
+        if theirs == ours.lower():
+            return Verification(True, check)
+        return self._unverified(
+            RcloneErrorKind.FILE,
+            f"{remote_path!r} on the remote has another {check} than the FLAC we sent",
+            check=check,
+        )
+
+    def _unverified(
+        self, kind: RcloneErrorKind, detail: str, *, check: str = "size"
+    ) -> Verification:
+        text = redact(detail, self._secrets)
+        log.warning("rclone.verify_failed", remote=self.remote.slug, error_kind=str(kind),
+                    error=text[:300])  # fmt: skip
+        return Verification(False, check, text, kind)
+
+    def _stat(self, remote_path: str, bandwidth_limit: str | None) -> dict[str, Any] | None:
+        """The remote's listing entry of ``remote_path`` with its md5/sha1 where it has them;
+        None when there is no such object. Raises :class:`_StatFailed`."""
+        if remote_path.startswith("/"):
+            fs, remote = f"{REMOTE_NAME}:/", remote_path.lstrip("/")
+        else:
+            fs, remote = f"{REMOTE_NAME}:", remote_path
+        if self.transport == "rcd":
+            try:
+                limit = parse_bwlimit(bandwidth_limit)
+                with _DAEMON_LOCK:
+                    _touch(self.remote.slug)
+                    daemon = self._ensure_daemon(limit)
+                    answer = daemon.rc(
+                        "operations/stat",
+                        fs=fs,
+                        remote=remote,
+                        opt={"showHash": True, "hashTypes": list(VERIFY_HASHES)},
+                    )
+            except (DaemonUnavailable, FileNotFoundError, SettingsInvalid) as exc:
+                raise _StatFailed(RcloneErrorKind.CONNECTION, str(exc)) from exc
+            except Exception as exc:  # RcCallFailed: rclone's own error text
+                raise _StatFailed(classify_rclone_error(str(exc), None), str(exc)) from exc
+            item = answer.get("item")
+            return item if isinstance(item, dict) else None
+        hash_flags = [flag for name in VERIFY_HASHES for flag in ("--hash-type", name)]
+        argv = [self.binary, "lsjson", "--stat", "--hash", *hash_flags, f"{fs}{remote}",
+                "--config", "/notfound", "--contimeout", _seconds(CONNECT_TIMEOUT_S),
+                "--timeout", _seconds(IDLE_TIMEOUT_S), "--low-level-retries",
+                str(LOW_LEVEL_RETRIES), "--use-json-log"]  # fmt: skip
+        try:
+            proc = spawn(argv, self.child_env(), stdout=subprocess.PIPE)
+            out, err = proc.communicate(timeout=CONNECT_TIMEOUT_S + IDLE_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            kill_group(proc)
+            proc.communicate()
+            raise _StatFailed(RcloneErrorKind.CONNECTION, "rclone lsjson timed out") from exc
+        except OSError as exc:
+            raise _StatFailed(RcloneErrorKind.CONFIG, f"cannot run rclone: {exc}") from exc
+        if proc.returncode in _NOT_FOUND_EXITS:
+            return None
+        if proc.returncode != 0:
+            stderr = err.decode("utf-8", "replace")
+            messages = extract_error_messages(stderr)
+            text = "; ".join(messages) or stderr.strip() or f"rclone exit {proc.returncode}"
+            raise _StatFailed(classify_rclone_error(messages or stderr, proc.returncode), text)
+        item = json.loads(out.decode("utf-8") or "null")
+        return item if isinstance(item, dict) else None
 
     # -- uploads started ahead of their step ---------------------------------------------------
 
@@ -655,6 +783,26 @@ class RcloneClient:
         return RcloneResult(
             False, 0, text, duration, kind is RcloneErrorKind.CONNECTION, kind, exit_code
         )
+
+
+class _StatFailed(Exception):
+    """The remote could not be asked about an object (see ``RcloneClient._stat``)."""
+
+    def __init__(self, kind: RcloneErrorKind, reason: str) -> None:
+        self.kind = kind
+        super().__init__(reason)
+
+
+#: ``rclone lsjson --stat`` exit codes for "no such object" (directory / file not found)
+_NOT_FOUND_EXITS = (3, 4)
+
+
+def _file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # one daemon per worker process and remote slug (see RcloneClient._ensure_daemon)

@@ -13,7 +13,7 @@ import soundfile as sf
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from tests.factories import make_recording, make_remote
+from tests.factories import make_recording, make_remote, make_upload
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import (
     duplicate_success_pairs,
@@ -65,14 +65,9 @@ def test_pipeline_skips_already_uploaded_to_this_remote(
 ) -> None:
     archive = tmp_path / "archive"
     ids = seed_station(engine, stack.workspace, recordings=3, remotes={"archive": _local(archive)})
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO uploads(recording_id, remote_slug, attempt_at, filename, size, success)"
-                " VALUES (:r, 'archive', now(), 'old.flac', 1, true)"
-            ),
-            {"r": ids[0]},
-        )
+    with Session(engine) as s:
+        make_upload(s, ids[0], "archive")
+        s.commit()
     stack.start_worker("archive")
     stack.start_dispatcher()
     assert wait_until(lambda: success_rows(engine, "archive") == 3, 90)
@@ -90,15 +85,10 @@ def test_pipeline_still_uploads_to_other_remote(
         recordings=2,
         remotes={"nextcloud": _local(a), "s3-archive": _local(b)},
     )
-    with engine.begin() as conn:  # nextcloud already has both
+    with Session(engine) as s:  # nextcloud already has both
         for r in ids:
-            conn.execute(
-                text(
-                    "INSERT INTO uploads(recording_id, remote_slug, attempt_at, filename, size, success)"
-                    " VALUES (:r, 'nextcloud', now(), 'x.flac', 1, true)"
-                ),
-                {"r": r},
-            )
+            make_upload(s, r, "nextcloud")
+        s.commit()
     stack.start_worker("s3-archive")
     stack.start_dispatcher()
     assert wait_until(lambda: success_rows(engine, "s3-archive") == 2, 90)
