@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader.active import required_destinations
+from uploader.destination import current_one as current_destination
 from uploader.errors import SettingsInvalid
 from uploader.redact import redact
 
@@ -133,23 +134,24 @@ def log_upload_attempt(
     flag the recording when every required remote now has a success row (``uploaded_at``
     = the database's clock then, never before any success row's ``attempt_at``).
 
-    A success row needs the ``destination`` it was verified at and what proved it
-    (``verified_by``: ``md5``, ``sha1``, ``size`` or ``moved``); only the audit step writes
-    one, from what ``uploader.evidence`` recorded, never from a message.
+    A success row records the ``destination`` it was verified at (default: the remote's
+    current one) and what proved it (``verified_by``: ``md5``, ``sha1``, ``size`` or
+    ``moved``); the pipeline writes one only from what ``uploader.evidence`` recorded, never
+    from a message.
 
     Idempotent: a redelivered success adds no second success row (it still re-checks
     completion), and a failure repeated with the same ``attempt_key`` adds no second row.
     ``error`` passes through ``uploader.redact``. Flushes, never commits: the caller's
     transaction also ends the lease. Raises ``LookupError`` for an unknown recording.
     """
-    if success and (not destination or not verified_by):
-        raise ValueError("a success row needs its destination and what verified it")
     session.flush()  # the caller's pending ORM rows (a recording made in this session)
     # the lock is taken before anything else, so the completion check below runs after any
     # other remote's success for this recording has committed (see _complete_if_done)
     locked = session.execute(_LOCK_RECORDING, {"rid": recording_id}).first() if success else None
     if success and locked is None:
         raise LookupError(f"recording {recording_id} does not exist")
+    if success and destination is None:
+        destination = current_destination(session, remote_slug)
     row_id = session.execute(
         _INSERT,
         {

@@ -4,7 +4,8 @@
   ``uploader.destination``), ``verified_by`` (``md5``, ``sha1``, ``size`` or ``moved``) and
   ``content_md5`` (the FLAC's md5). ``uq_uploads_success_pair`` becomes one success per
   (recording, remote, destination): a retargeted remote gets a new success row at its new
-  place, and the completion rule counts only those.
+  place, and the completion rule counts only those. ``coalesce(destination, '')``: a row
+  written without one (by hand, or an older writer) is still one per pair, not exempt as NULL.
 - ``pair_state``: what the encode step recorded (``flac_*``) and what the upload step
   verified (``verified_*``), each under the lease token that wrote it. The audit step writes
   a success row only from these, never from its message.
@@ -82,7 +83,7 @@ def upgrade() -> None:
     op.execute("DROP INDEX IF EXISTS uq_uploads_success_pair")
     op.execute(
         f"CREATE {unique}INDEX uq_uploads_success_pair "
-        "ON uploads (recording_id, remote_slug, destination) WHERE success"
+        "ON uploads (recording_id, remote_slug, (coalesce(destination, ''))) WHERE success"
     )
 
     op.execute(

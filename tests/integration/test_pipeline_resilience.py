@@ -233,7 +233,9 @@ def test_schedule_window_stops_dispatch(engine: Engine, stack: Stack, tmp_path: 
 def test_remote_change_applies_without_restart(
     engine: Engine, stack: Stack, tmp_path: Path
 ) -> None:
-    """A worker rereads its remote per task: a new target folder is used at once."""
+    """A worker rereads its remote per task: a new target folder is used at once, and the
+    recordings uploaded to the old one are uploaded again to the new one (success counts only
+    at the remote's current destination)."""
     from sqlalchemy import text
 
     from tests.factories import make_recording_with_wav
@@ -249,7 +251,7 @@ def test_remote_change_applies_without_restart(
     with Session(engine) as s:
         make_recording_with_wav(s, stack.workspace, seconds=0.5)
         s.commit()
-    assert wait_until(lambda: len(uploaded_files(second)) == 1, 60)
+    assert wait_until(lambda: len(uploaded_files(second)) == 3, 60)
     assert len(uploaded_files(first)) == 2
 
 

@@ -112,7 +112,11 @@ def test_uploads_keeps_one_success_row_per_pair_and_destination_and_one_row_per_
     indexes = {str(i.name): i for i in _table("uploads").indexes}
     success = indexes["uq_uploads_success_pair"]
     assert success.unique
-    assert [c.name for c in success.columns] == ["recording_id", "remote_slug", "destination"]
+    assert [str(e) for e in success.expressions] == [
+        "uploads.recording_id",
+        "uploads.remote_slug",
+        "coalesce(destination, '')",
+    ]
     assert normalise_where(success.dialect_options["postgresql"]["where"].text) == "success"
     attempt = indexes["uq_uploads_attempt_key"]
     assert attempt.unique

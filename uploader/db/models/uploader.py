@@ -89,7 +89,7 @@ class Upload(Base):
             "uq_uploads_success_pair",
             "recording_id",
             "remote_slug",
-            "destination",
+            text("coalesce(destination, '')"),
             unique=True,
             postgresql_where=text("success"),
         ),
