@@ -23,24 +23,32 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from cli.local_servers import LocalPostgres, LocalRedis
-from tests.factories import make_recording
+from tests.factories import make_recording, write_wav
 from tests.faults.conftest import RESULTS, FaultResult
+from tests.fixtures.forger import forge_audit_messages
 from tests.fixtures.remote_servers import RemoteServer, _serve
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import duplicate_success_pairs, seed_station, set_uploader
 from uploader import leases
+from uploader.destination import current as current_destinations
+from uploader.flac_encoder import encode_wav_to_flac
+from uploader.path_builder import build_remote_path
 
 pytestmark = pytest.mark.faults
 
@@ -84,27 +92,47 @@ class Fault(enum.Enum):
     CORRUPT_AND_MISSING = "corrupt + missing WAVs"
     #: uploader.enabled switched off mid-run and on again
     PAUSE_TOGGLE = "global pause off/on"
+    #: while paused, a separate process that knows only the Redis URL publishes audit
+    #: messages for both remotes: made-up tokens, and the live lease tokens (as a reader of
+    #: Redis would see them), on each queue and on the other remote's queue
+    FORGED_AUDIT = "forged audit messages"
+    #: the local remote pointed at a new folder mid-run, as the web UI or SQL would do it
+    DESTINATION_CHANGED = "destination changed mid-run"
+    #: 4 more recordings whose usual remote paths collide in pairs (a/same.wav + b/same.wav of
+    #: one sensor and day; x.wav + x.WAV)
+    PATH_COLLISION = "path collision"
+    #: a foreign file of exactly the FLAC's size already at 10 recordings' WebDAV paths (plain
+    #: WebDAV has no hash: rclone compares sizes only)
+    FOREIGN_SAME_SIZE = "foreign same-size object at the path"
+    #: for 8 s every FLAC in the workers' temp folders is overwritten with same-size bytes
+    #: beginning "NOT AUDIO" (what another user with write access there could do)
+    TEMP_TAMPERED = "temp folder tampered"
+    #: 5 WAVs that hold less audio than their header and their index row promise
+    TRUNCATED_WAV = "truncated WAVs"
 
 
 class LedgerWatch(threading.Thread):
-    """Every 0.5 s: recordings flagged uploaded that lack a success row on an active remote.
+    """Every 0.5 s: recordings flagged uploaded whose audio is not on every active remote.
 
-    Survives the database going away (a fault) and counts what it could not check.
+    A success row is not taken on trust: for each newly flagged recording, each remote must
+    hold an object, at the path one of its success rows names, that decodes to exactly the
+    recording's WAV samples. A flag without that is "early" (a lie to the Janitor). Survives
+    the database going away (a fault) and counts what it could not check.
     """
 
-    _EARLY = text(
-        """
-        SELECT r.id FROM recordings r WHERE r.uploaded AND EXISTS (
-          SELECT 1 FROM storage_remotes sr WHERE sr.is_active AND NOT EXISTS (
-            SELECT 1 FROM uploads u WHERE u.recording_id = r.id
-              AND u.remote_slug = sr.slug AND u.success))
-        """
+    _FLAGGED = text("SELECT id, file_raw FROM recordings WHERE uploaded")
+    _OBJECTS = text(
+        "SELECT remote_slug, remote_path FROM uploads "
+        "WHERE recording_id = :rid AND success AND remote_path IS NOT NULL"
     )
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, workspace: Path, locate: Callable[[str, str], Path]):
         super().__init__(name="ledger-watch", daemon=True)
         self.engine = engine
+        self.workspace = workspace
+        self.locate = locate
         self.early_ids: set[int] = set()
+        self.verified: set[int] = set()
         self.checks = 0
         self.missed = 0
         self._stop_event = threading.Event()
@@ -116,10 +144,32 @@ class LedgerWatch(threading.Thread):
     def check(self) -> None:
         try:
             with self.engine.connect() as conn:
-                self.early_ids.update(int(r) for r in conn.execute(self._EARLY).scalars())
+                for rid, file_raw in conn.execute(self._FLAGGED).all():
+                    if rid in self.verified or rid in self.early_ids:
+                        continue
+                    objects = conn.execute(self._OBJECTS, {"rid": rid}).all()
+                    if self._holds_audio(file_raw, objects):
+                        self.verified.add(rid)
+                    else:
+                        self.early_ids.add(rid)
             self.checks += 1
         except Exception:  # the database is down (a fault): try again in 0.5 s
             self.missed += 1
+
+    def _holds_audio(self, file_raw: str, objects: list[Any]) -> bool:
+        wav, _ = sf.read(str(self.workspace / file_raw), dtype="int32")
+        for slug in SLUGS:
+            found = False
+            for row in objects:
+                if row.remote_slug != slug:
+                    continue
+                path = self.locate(slug, row.remote_path)
+                with contextlib.suppress(Exception):
+                    flac, _ = sf.read(str(path), dtype="int32")
+                    found = found or bool(np.array_equal(flac, wav))
+            if not found:
+                return False
+        return True
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -158,19 +208,27 @@ class Run:
             return conn.execute(text(sql), params).scalar_one()
 
     def lost(self) -> int:
-        """Good pairs without a success row."""
+        """Good pairs without a success row at the remote's current destination."""
+        with Session(self.engine) as s:
+            dests = current_destinations(s, list(SLUGS))
         return int(
             self.scalar(
                 """
                 SELECT count(*) FROM unnest(CAST(:ids AS bigint[])) AS g(id)
-                CROSS JOIN unnest(CAST(:slugs AS text[])) AS r(slug)
+                CROSS JOIN unnest(CAST(:slugs AS text[]), CAST(:dests AS text[])) AS r(slug, d)
                 WHERE NOT EXISTS (SELECT 1 FROM uploads u WHERE u.recording_id = g.id
-                                  AND u.remote_slug = r.slug AND u.success)
+                                  AND u.remote_slug = r.slug AND u.success
+                                  AND u.destination = r.d)
                 """,
                 ids=self.good,
                 slugs=list(SLUGS),
+                dests=[dests[slug] for slug in SLUGS],
             )
         )
+
+    def locate(self, slug: str, remote_path: str) -> Path:
+        """Where an object of ``slug`` lies on this machine's disk."""
+        return self.dav.root / remote_path if slug == "dav" else Path(remote_path)
 
     def drained(self) -> bool:
         try:
@@ -306,6 +364,88 @@ def _pause_toggle(run: Run) -> None:
     set_uploader(run.engine, enabled=True)
 
 
+def _forged_audit(run: Run) -> None:
+    run.progress_to(20)
+    set_uploader(run.engine, enabled=False)
+    assert wait_until(
+        lambda: run.scalar("SELECT count(*) FROM pair_state WHERE lease_until > now()") == 0, 60
+    ), run.diagnose()
+    flagged = run.flagged(run.good)
+    with run.engine.connect() as conn:
+        waiting = [
+            int(r)
+            for r in conn.execute(
+                text("SELECT id FROM recordings WHERE NOT uploaded ORDER BY id DESC LIMIT 10")
+            ).scalars()
+        ]
+        leases_seen = conn.execute(
+            text("SELECT recording_id, remote_slug, lease_token::text FROM pair_state "
+                 "WHERE lease_token IS NOT NULL")
+        ).all()  # fmt: skip
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for rid in waiting:
+        for slug in SLUGS:
+            payload = {"recording_id": rid, "remote_slug": slug, "size_bytes": 1,
+                       "duration_s": 0.1, "remote_path": f"x/{rid}.flac"}  # fmt: skip
+            messages.append((f"upload.{slug}", {**payload, "token": "forged"}))
+            messages.append((f"upload.{slug}", {**payload, "token": str(uuid.uuid4())}))
+            other = "usb" if slug == "dav" else "dav"
+            messages.append((f"upload.{other}", {**payload, "token": "forged"}))
+    for rid, slug, token in leases_seen:  # a token read from Redis, for a pair it holds
+        messages.append((f"upload.{slug}", {"recording_id": rid, "remote_slug": slug,
+                                             "token": token, "size_bytes": 1}))  # fmt: skip
+    forge_audit_messages(run.stack.redis_url, messages)
+    time.sleep(5)
+    assert run.flagged(run.good) == flagged, "a forged message flagged a recording"
+    refused = sum(run.stack.logs(f"worker-{slug}").count("audit.refused") for slug in SLUGS)
+    run.note = f"{len(messages)} forged, {refused} refused"
+    set_uploader(run.engine, enabled=True)
+
+
+def _destination_changed(run: Run) -> None:
+    run.progress_to(60)
+    moved_to = run.usb.parent / "usb-new"
+    moved_to.mkdir()
+    with run.engine.begin() as conn:  # as the web UI or SQL would do it
+        conn.execute(
+            text("UPDATE storage_remotes SET target_path = :p WHERE slug = 'usb'"),
+            {"p": str(moved_to)},
+        )
+    before = len(list(run.usb.rglob("*.flac")))
+    run.usb = moved_to
+    run.note = f"{before} were in the old folder"
+
+
+def _wait_for_progress(run: Run) -> None:
+    """The fault was seeded before the start; the run itself is the test."""
+    run.progress_to(20)
+
+
+def _temp_tampered(run: Run) -> None:
+    run.progress_to(20)
+    stop_at = time.monotonic() + 8
+    tampered = 0
+    while time.monotonic() < stop_at:
+        for path in run.stack.temp_root.glob("*/*/*.flac"):
+            if path.name.startswith(".") or ".partial" in path.name:
+                continue  # what the encoder is still writing and checking
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                if size > 16:
+                    with path.open("r+b") as f:
+                        if f.read(9) != b"NOT AUDIO":
+                            f.seek(0)
+                            f.write(b"NOT AUDIO" + os.urandom(size - 9))
+                            tampered += 1
+        time.sleep(0.02)
+    run.note = f"{tampered} FLACs overwritten"
+
+
+def _truncated_wav(run: Run) -> None:
+    """The truncated WAVs were seeded with the good ones: they must be parked, never flagged."""
+    _corrupt_and_missing(run)
+
+
 INJECT: dict[Fault, Callable[[Run], None]] = {
     Fault.WORKER_SIGKILL: _worker_sigkill,
     Fault.DISPATCHER_SIGKILL: _dispatcher_sigkill,
@@ -315,6 +455,12 @@ INJECT: dict[Fault, Callable[[Run], None]] = {
     Fault.TEMP_DIR_FULL: _temp_dir_full,
     Fault.CORRUPT_AND_MISSING: _corrupt_and_missing,
     Fault.PAUSE_TOGGLE: _pause_toggle,
+    Fault.FORGED_AUDIT: _forged_audit,
+    Fault.DESTINATION_CHANGED: _destination_changed,
+    Fault.PATH_COLLISION: _wait_for_progress,
+    Fault.FOREIGN_SAME_SIZE: _wait_for_progress,
+    Fault.TEMP_TAMPERED: _temp_tampered,
+    Fault.TRUNCATED_WAV: _truncated_wav,
 }
 
 
@@ -337,6 +483,53 @@ def _tmpfs(path: Path, size: str) -> Iterator[str | None]:
         yield None
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _seed_colliding(engine: Engine, workspace: Path) -> list[int]:
+    """Two pairs of recordings whose usual remote paths collide (one sensor, one day)."""
+    ids = []
+    names = ["collide/a/same.wav", "collide/b/same.wav", "collide/x.wav", "collide/x.WAV"]
+    with Session(engine) as s:
+        for i, name in enumerate(names):
+            rec = make_recording(s, file_raw=name, duration=1.0)
+            wav = write_wav(workspace / name, seconds=1.0, seed=500 + i)
+            rec.filesize_raw = wav.stat().st_size
+            ids.append(rec.id)
+        s.commit()
+    return ids
+
+
+def _plant_foreign(engine: Engine, workspace: Path, dav: RemoteServer, ids: list[int]) -> None:
+    """At each recording's WebDAV path, a foreign file of exactly its FLAC's size."""
+    with Session(engine) as s:
+        rows = s.execute(
+            text("SELECT id, file_raw, sensor_id, time FROM recordings "
+                 "WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": ids}
+        ).all()  # fmt: skip
+    for rid, file_raw, sensor_id, at in rows:
+        with tempfile.TemporaryDirectory() as out:
+            size = encode_wav_to_flac(workspace / file_raw, Path(out)).stat().st_size
+        remote = build_remote_path("Silvasonic Test", sensor_id, at, Path(file_raw).name,
+                                   dav.target_path)  # fmt: skip
+        target = dav.root / remote
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"FOREIGN " + os.urandom(size - 8))
+        assert rid and target.stat().st_size == size
+
+
+def _seed_truncated(engine: Engine, workspace: Path, n: int) -> list[int]:
+    """WAVs whose header and index row promise 1 s, holding only 0.4 s of samples."""
+    ids = []
+    with Session(engine) as s:
+        for i in range(n):
+            rec = make_recording(s, duration=1.0)
+            wav = write_wav(workspace / rec.file_raw, seconds=1.0, seed=700 + i)
+            rec.filesize_raw = wav.stat().st_size
+            data = wav.read_bytes()
+            wav.write_bytes(data[: 44 + int(0.4 * 48000) * 2])
+            ids.append(rec.id)
+        s.commit()
+    return ids
 
 
 def _seed_bad(engine: Engine, workspace: Path, corrupt: int, missing: int) -> list[int]:
@@ -410,6 +603,12 @@ def run_factory(
                   fault_redis, good)  # fmt: skip
         if fault is Fault.CORRUPT_AND_MISSING:
             run.bad = _seed_bad(engine, workspace, corrupt=5, missing=5)
+        if fault is Fault.TRUNCATED_WAV:
+            run.bad = _seed_truncated(engine, workspace, 5)
+        if fault is Fault.PATH_COLLISION:
+            run.good += _seed_colliding(engine, workspace)
+        if fault is Fault.FOREIGN_SAME_SIZE:
+            _plant_foreign(engine, workspace, fault_webdav, good[-10:])
         runs.append(run)
         return run
 
@@ -441,7 +640,7 @@ def test_fault(fault: Fault, run_factory: Callable[[Fault], Run]) -> None:
                 print(f"skipped {fault.value}: {reason}")
                 result.outcome = f"skipped: {reason}"
                 pytest.skip(reason)
-        run.watch = LedgerWatch(run.engine)
+        run.watch = LedgerWatch(run.engine, run.stack.workspace, run.locate)
         run.watch.start()
         run.started = time.monotonic()
         for slug in SLUGS:
@@ -477,8 +676,18 @@ def _check_ledger(run: Run, result: FaultResult) -> None:
         # neither is the file's fault: nothing counted toward parking
         assert run.scalar("SELECT count(*) FROM pair_state WHERE file_failures > 0") == 0
         assert run.scalar("SELECT count(*) FROM uploads WHERE error_kind = 'file'") == 0
-    if run.fault is Fault.CORRUPT_AND_MISSING:
+    if run.fault in (Fault.CORRUPT_AND_MISSING, Fault.TRUNCATED_WAV):
         _check_parked_and_reported(run)
+    if run.fault is Fault.TRUNCATED_WAV:
+        kinds = run.scalar(
+            "SELECT count(*) FROM uploads WHERE error_kind = 'source_mismatch' "
+            "AND recording_id = ANY(CAST(:ids AS bigint[]))",
+            ids=run.bad,
+        )
+        assert kinds >= len(run.bad), "a truncated WAV was not reported as source_mismatch"
+    if run.fault in (Fault.TEMP_TAMPERED, Fault.FORGED_AUDIT, Fault.DESTINATION_CHANGED):
+        # neither is the file's fault: nothing counted toward parking
+        assert run.scalar("SELECT count(*) FROM pair_state WHERE parked_until IS NOT NULL") == 0
 
 
 def _check_parked_and_reported(run: Run) -> None:

@@ -8,9 +8,6 @@ the code before ``uploader.evidence`` / ``uploader.destination`` / ``uploader.re
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote, set_config, write_wav
+from tests.fixtures.forger import forge_audit_messages
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import scalar, seed_station, uploaded_count
 
@@ -30,30 +28,6 @@ pytestmark = pytest.mark.integration
 def _local(folder: Path) -> dict[str, object]:
     folder.mkdir(parents=True, exist_ok=True)
     return {"type": "local", "target_path": str(folder)}
-
-
-def _forge(redis_url: str, messages: list[dict[str, object]], queue: str) -> None:
-    """Publish audit messages from a separate process that knows only the Redis URL: plain
-    Celery, none of our code, none of our settings."""
-    script = textwrap.dedent(
-        """
-        import json, sys
-        from celery import Celery
-        app = Celery(broker=sys.argv[1])
-        for payload in json.loads(sys.argv[2]):
-            app.send_task("uploader.audit", args=[payload], queue=sys.argv[3])
-        """
-    )
-    import json
-
-    env = {"PATH": "/usr/bin:/bin"}
-    subprocess.run(
-        [sys.executable, "-c", script, redis_url, json.dumps(messages), queue],
-        env=env,
-        check=True,
-        timeout=60,
-        cwd="/",
-    )
 
 
 def test_a_forged_audit_message_changes_nothing(
@@ -81,15 +55,17 @@ def test_a_forged_audit_message_changes_nothing(
         s.commit()
     # when another process forges success messages for both remotes, on both queues, and one
     # with a real lease token, and one for the wrong remote on a worker's queue
-    forged = [
-        {"recording_id": ids[0], "remote_slug": slug, "token": "forged", "size_bytes": 1}
-        for slug in ("usb", "usb2")
-    ]
-    _forge(stack.redis_url, forged[:1], "upload.usb")
-    _forge(stack.redis_url, forged[1:], "upload.usb2")
+    forged = {"recording_id": ids[0], "token": "forged", "size_bytes": 1}
     stolen = {"recording_id": ids[1], "remote_slug": "usb", "token": str(uuid.UUID(int=7))}
-    _forge(stack.redis_url, [stolen], "upload.usb")
-    _forge(stack.redis_url, [{**stolen, "remote_slug": "usb2"}], "upload.usb")
+    forge_audit_messages(
+        stack.redis_url,
+        [
+            ("upload.usb", {**forged, "remote_slug": "usb"}),
+            ("upload.usb2", {**forged, "remote_slug": "usb2"}),
+            ("upload.usb", stolen),
+            ("upload.usb", {**stolen, "remote_slug": "usb2"}),
+        ],
+    )
     # then each is refused and logged once, and nothing is written or flagged
     assert wait_until(
         lambda: (stack.logs("worker-usb") + stack.logs("worker-usb2")).count("audit.refused") >= 4,

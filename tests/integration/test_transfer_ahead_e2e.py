@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from tests.factories import write_wav
 from tests.fixtures.remote_servers import RemoteServer, StallingServer
 from uploader import transfer_ahead
+from uploader.evidence import Encoded
 from uploader.pair_lock import pair_lock
 from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac, remote_path_for
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneErrorKind
@@ -161,6 +162,12 @@ def test_cli_transport_starts_nothing_ahead(webdav_server: RemoteServer, tmp_pat
 # -- TransfersAhead with the real pair lock ---------------------------------------------------
 
 
+def _encoded(ctx: WorkerContext, job: PairJob) -> Encoded:
+    """The FLAC as the encode step records it (``uploader.evidence``), at its usual path."""
+    flac = ensure_flac(ctx, job, reuse=False)
+    return Encoded(flac.size_bytes, flac.md5, remote_path_for(job), job.destination)
+
+
 def _job(tmp_path: Path, rid: int, server: RemoteServer) -> tuple[WorkerContext, PairJob]:
     workspace, temp = tmp_path / "workspace", tmp_path / "temp"
     temp.mkdir(exist_ok=True)
@@ -185,14 +192,15 @@ def test_no_second_execution_uploads_a_pair_while_its_transfer_runs_ahead(
     ctx, job = _job(tmp_path, 7, webdav_server)
     ahead = TransfersAhead(lambda: engine)
     try:
-        assert ahead.start(ctx, job, client, "token-1")
+        encoded = _encoded(ctx, job)
+        assert ahead.start(ctx, job, client, "token-1", encoded)
 
         # then another execution of the pair (a second worker on the queue, a redelivery)
         # finds it locked, and cannot start one ahead either
         with pair_lock(engine, 7, "ahead") as mine:
             assert not mine
         other = TransfersAhead(lambda: engine)
-        assert not other.start(ctx, job, client, "token-2")
+        assert not other.start(ctx, job, client, "token-2", encoded)
         other.close()
 
         # when the upload step waits for it, the pair is free again
@@ -220,7 +228,8 @@ def test_an_idle_worker_releases_the_pair_once_its_transfer_ended(
     ctx, job = _job(tmp_path, 8, webdav_server)
     ahead = TransfersAhead(lambda: engine)
     try:
-        assert ahead.start(ctx, dataclasses.replace(job, bandwidth_limit="0"), client, "t")
+        unlimited = dataclasses.replace(job, bandwidth_limit="0")
+        assert ahead.start(ctx, unlimited, client, "t", _encoded(ctx, unlimited))
         deadline = time.monotonic() + 30
         free = False
         while not free and time.monotonic() < deadline:
