@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from celery import Task
@@ -30,8 +30,10 @@ from uploader import audit_logger, evidence, leases, remote_state, worker_counte
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,
+    FlacChanged,
     RemoteMisconfigured,
     RemoteUnavailable,
+    SourceMismatch,
     SourceMissing,
     TempSpaceExhausted,
 )
@@ -165,11 +167,7 @@ def _encode(self: Task, pair: Pair, job: PairJob, settings: StationSettings) -> 
             return None
         raise
     except TempSpaceExhausted as exc:
-        cleanup(ctx, pair.recording_id)
-        log.warning("upload.retry_scheduled", reason="temp_space_exhausted")
-        raise self.retry(
-            exc=exc, countdown=retry_countdown(self.request.retries, settings)
-        ) from exc
+        _retry_after_temp_problem(self, pair, settings, exc)
     with session_scope() as s:
         encoded = claim_object(s, job, pair.token, flac)
     if encoded is None:
@@ -246,11 +244,8 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
                     raise Ignore()
                 encoded, flac = checked
                 result = transfer(client, job, flac, encoded)
-            except TempSpaceExhausted as exc:
-                cleanup(rt.ctx, pair.recording_id)
-                raise self.retry(
-                    exc=exc, countdown=retry_countdown(self.request.retries, settings)
-                ) from exc
+            except (TempSpaceExhausted, FlacChanged) as exc:
+                _retry_after_temp_problem(self, pair, settings, exc)
     assert encoded is not None
     if result.success:
         return _verified(self, pair, job, settings, client, encoded, result)
@@ -267,8 +262,17 @@ def _verified(
     encoded: Encoded,
     result: RcloneResult,
 ) -> dict[str, Any]:
-    """Check what landed on the remote, then record it as the evidence the audit step needs."""
+    """Check what was sent and what landed on the remote, then record it as the evidence the
+    audit step needs. The local FLAC is checked again first: on a remote that proves by size
+    alone, bytes swapped in during the transfer would otherwise pass."""
     rt = get_runtime()
+    try:
+        if checked_flac(rt.ctx, job, encoded) is None:
+            raise FlacChanged(
+                "the FLAC vanished during its transfer", recording_id=pair.recording_id
+            )
+    except FlacChanged as exc:
+        _retry_after_temp_problem(self, pair, settings, exc)
     verification = client.verify_upload(
         flac_path_for(rt.ctx, job),
         encoded.remote_path,
@@ -332,6 +336,17 @@ def _failed(
     if kind == "config":
         raise RemoteMisconfigured(pair.remote_slug, message)
     raise FileRejected(message, recording_id=pair.recording_id)
+
+
+def _retry_after_temp_problem(
+    self: Task, pair: Pair, settings: StationSettings, exc: Exception
+) -> NoReturn:
+    """A full or tampered temp folder is not the recording's fault: remove the pair's FLAC and
+    retry with backoff (the next attempt encodes again), never counting toward parking."""
+    cleanup(get_runtime().ctx, pair.recording_id)
+    reason = "temp_space_exhausted" if isinstance(exc, TempSpaceExhausted) else "flac_changed"
+    log.warning("upload.retry_scheduled", reason=reason, error=str(exc)[:300])
+    raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries, settings)) from exc
 
 
 @app.task(name="uploader.audit", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
@@ -434,6 +449,8 @@ def _failure_kind(exc: BaseException, pair: Pair, retries: int) -> tuple[str, st
         return "connection", f"{pair.token}:{retries}"
     if isinstance(exc, RemoteMisconfigured):
         return "config", f"{pair.token}:config"
+    if isinstance(exc, SourceMismatch):  # before FileRejected: it is one, parked at once
+        return "source_mismatch", f"{pair.token}:file"
     if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "file", f"{pair.token}:file"
     return None
@@ -465,15 +482,16 @@ def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) 
             remote = _remote_fingerprint(s, pair.remote_slug)
             remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)  # logs it
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-        else:  # file-level: counts toward parking
+        else:  # file-level: counts toward parking; a source mismatch parks at once
             settings = load_station_settings(s)
+            attempts = 1 if error_kind == "source_mismatch" else settings.uploader.max_file_attempts
             parked = leases.record_file_failure(
                 s,
                 pair.recording_id,
                 pair.remote_slug,
                 pair.token,
                 message,
-                max_file_attempts=settings.uploader.max_file_attempts,
+                max_file_attempts=attempts,
                 park_window_hours=settings.uploader.park_window_hours,
             )
             log.warning("upload.failed", error_kind=error_kind, reason=message, parked=parked)

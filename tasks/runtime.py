@@ -7,7 +7,6 @@ prefork fork."""
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.rclone_client import TRANSPORT_ENV, RcloneClient
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, UploaderServiceSettings, load_station_settings
+from uploader.temp_dir import worker_temp_dir
 from uploader.transfer_ahead import TransfersAhead
 from uploader.upload_stats import UploadStats
 
-TEMP_DIR_ENV = "SILVASONIC_TEMP_DIR"
 #: the worker's rclone transport unless SILVASONIC_RCLONE_TRANSPORT says otherwise: one
 #: long-lived ``rclone rcd`` per worker costs 2-6 ms per file against 40-50 ms for a process per
 #: file (bench/README.md). ``RcloneClient`` itself keeps ``cli`` for one-off callers.
@@ -34,14 +33,6 @@ WORKER_TRANSPORT = "rcd"
 #: them (4 round trips per pair, measured with bench/profile_worker.py); an operator's change
 #: still applies within a second, without a restart
 SETTINGS_TTL_S = 1.0
-
-
-def worker_temp_dir(remote_slug: str) -> Path:
-    """The worker's own temp dir: ``$SILVASONIC_TEMP_DIR/<slug>`` (default: the system's)."""
-    base = Path(os.environ.get(TEMP_DIR_ENV) or Path(tempfile.gettempdir()) / "silvasonic")
-    path = base / remote_slug
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
 
 
 @dataclass

@@ -12,10 +12,13 @@
      │    └── SecretUnavailable     an `enc:` value cannot be decrypted (key missing or wrong)
      ├── RemoteUnavailable        connection-level: retried by Celery; nothing to do unless it lasts
      ├── TempSpaceExhausted       the worker's temp folder is full: free it; no file is penalised
+     ├── FlacChanged              the temp FLAC is not what the encode step recorded: re-encoded
+     ├── TempDirUnsafe            another user owns or may write the worker's temp folder
      └── FileRejected             file-level: counts toward parking this pair
           ├── FlacEncodingError   the WAV could not be encoded losslessly
           ├── UnsafePath          file_raw escapes the workspace root
-          └── SourceMissing       the WAV is gone and the recording is not local_deleted
+          ├── SourceMissing       the WAV is gone and the recording is not local_deleted
+          └── SourceMismatch      the WAV disagrees with its header or its index row: parked
 
 Only ``rclone_client`` maps rclone failures onto these, and only ``flac_encoder`` maps ffmpeg
 and libFLAC failures. No instance ever carries a secret: messages pass through
@@ -102,6 +105,33 @@ class UnsafePath(FileRejected):
 
 class SourceMissing(FileRejected):
     """The WAV is gone but the recording is not ``local_deleted``: check the Janitor and disk."""
+
+
+class SourceMismatch(FileRejected):
+    """The WAV holds less (or other) audio than its header or ``recordings.duration`` /
+    ``filesize_raw`` promise: check the recorder and the indexer. Parked at once."""
+
+
+class FlacChanged(UploaderError):
+    """The FLAC in the worker's temp folder is not what the encode step recorded (size or
+    md5): something else writes there. It is removed and encoded again; not the recording's
+    fault, so it never counts toward parking. Make the temp folder private to the worker."""
+
+    def __init__(self, reason: str, *, recording_id: int | None = None) -> None:
+        self.reason, self.recording_id = reason, recording_id
+        super().__init__(f"recording {recording_id}: {reason}" if recording_id else reason)
+
+
+class TempDirUnsafe(UploaderError):
+    """Another user owns, or may write into, the worker's temp folder (or a folder above it):
+    remove it, or point ``SILVASONIC_TEMP_DIR`` at a folder of the worker's own."""
+
+    def __init__(self, directory: str, reason: str) -> None:
+        self.directory, self.reason = directory, reason
+        super().__init__(
+            f"temp folder {directory!r} is not private to this worker: {reason}. Remove it, or "
+            "set SILVASONIC_TEMP_DIR to a folder only the worker's user can write"
+        )
 
 
 class TempSpaceExhausted(UploaderError):

@@ -38,6 +38,7 @@ import numpy as np
 import soundfile as sf
 import structlog
 
+from uploader import source_check
 from uploader.errors import FlacEncodingError, SourceMissing, TempSpaceExhausted
 from uploader.redact import redact
 
@@ -87,6 +88,22 @@ class _Source:
     samplerate: int
     channels: int
     size_bytes: int
+    frames: int = 0
+
+
+#: bytes one sample of each subtype takes in the WAV (for the header's data size)
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4}
+
+
+@dataclass(frozen=True)
+class EncodedFlac:
+    """A FLAC proven lossless, and the md5 of exactly the bytes that were proven (taken
+    before the file got its final name, so nothing written there later can be mistaken for
+    it)."""
+
+    path: Path
+    size_bytes: int
+    md5: str
 
 
 def default_engine() -> str:
@@ -176,7 +193,24 @@ def encode_wav_to_flac(
     engine: str | None = None,
     timeout_s: float | None = None,
 ) -> Path:
-    """Encode ``wav_path`` to ``output_dir/<stem>.flac`` and return that path.
+    """Encode ``wav_path`` to ``output_dir/<stem>.flac`` and return that path (see
+    :func:`encode_checked`, which also checks the WAV against its index row)."""
+    return encode_checked(wav_path, output_dir, engine=engine, timeout_s=timeout_s).path
+
+
+def encode_checked(
+    wav_path: Path,
+    output_dir: Path,
+    *,
+    engine: str | None = None,
+    timeout_s: float | None = None,
+    expect: source_check.Expectation | None = None,
+    recording_id: int | None = None,
+) -> EncodedFlac:
+    """Encode ``wav_path`` to ``output_dir/<stem>.flac``: the path, size and md5.
+
+    With ``expect``, the WAV is first checked against its header and its index row
+    (``uploader.source_check``): a WAV cut short raises :class:`SourceMismatch`.
 
     The output appears atomically (written under a ``.partial.flac`` name, renamed when proven
     lossless) and overwrites an older one; nothing is left behind on any failure or interrupt.
@@ -188,6 +222,7 @@ def encode_wav_to_flac(
         SourceMissing: the WAV does not exist (the caller checks ``local_deleted``).
         FlacEncodingError: the WAV is unreadable, corrupt, not integer PCM, or cannot be stored
             losslessly; ffmpeg failed (its redacted message) or timed out. Counts toward parking.
+        SourceMismatch: the WAV disagrees with its header or ``expect``. Parks the pair.
         TempSpaceExhausted: ``output_dir`` is full. Not the file's fault: retry later.
         FileNotFoundError / OSError: no ffmpeg, or ``output_dir`` cannot be created or written
             for another reason — an environment problem, never classified as the file's.
@@ -198,6 +233,16 @@ def encode_wav_to_flac(
         raise ValueError(f"timeout_s must be positive, not {timeout_s}")
     started = time.monotonic()
     source = _probe(wav_path)
+    if expect is not None:
+        source_check.check(
+            wav_path,
+            expect,
+            frames=source.frames,
+            samplerate=source.samplerate,
+            block_align=_SAMPLE_BYTES.get(source.subtype, 0) * source.channels,
+            size_bytes=source.size_bytes,
+            recording_id=recording_id,
+        )
     if timeout_s is None:
         timeout_s = default_timeout_s(source.size_bytes)
     deadline = started + timeout_s
@@ -211,6 +256,7 @@ def encode_wav_to_flac(
             else:
                 _run_libflac(wav_path, partial, source, deadline)
             _check_output(wav_path, partial, source, full=full_check)
+            md5 = file_md5(partial)
             os.replace(partial, final)
         except FlacEncodingError as exc:
             # a write cut short by a full disk shows up as a broken or short FLAC: not the WAV's
@@ -237,7 +283,7 @@ def encode_wav_to_flac(
         ratio=round(out_bytes / source.size_bytes, 3) if source.size_bytes else None,
         duration_s=round(time.monotonic() - started, 4),
     )
-    return final
+    return EncodedFlac(final, out_bytes, md5)
 
 
 def _check_engine(name: str, source: str) -> str:
@@ -258,7 +304,7 @@ def _probe(wav_path: Path) -> _Source:
         raise FlacEncodingError(f"WAV {str(wav_path)!r} is not a regular file")
     try:
         with sf.SoundFile(wav_path) as f:
-            subtype, samplerate, channels = f.subtype, f.samplerate, f.channels
+            subtype, samplerate, channels, frames = f.subtype, f.samplerate, f.channels, f.frames
     except (sf.SoundFileError, OSError) as exc:
         raise FlacEncodingError(f"unreadable or corrupt WAV {wav_path.name!r}: {exc}") from exc
     if subtype not in _PCM_PLAN:
@@ -266,7 +312,7 @@ def _probe(wav_path: Path) -> _Source:
             f"WAV {wav_path.name!r} holds {subtype} audio; only integer PCM (8–32 bit) "
             f"can be stored losslessly as FLAC"
         )
-    return _Source(subtype, samplerate, channels, st.st_size)
+    return _Source(subtype, samplerate, channels, st.st_size, frames)
 
 
 def _create_partial(output_dir: Path, stem: str) -> Path:

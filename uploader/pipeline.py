@@ -17,9 +17,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import destination, evidence, flac_encoder, leases, path_builder, remote_state
+from uploader import (
+    destination,
+    evidence,
+    flac_encoder,
+    leases,
+    path_builder,
+    remote_state,
+    source_check,
+)
 from uploader.db.models import Recording
-from uploader.errors import FileRejected, SourceMissing
+from uploader.errors import FileRejected, FlacChanged, SourceMissing
 from uploader.evidence import Encoded
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
 from uploader.remote_objects import claim_path
@@ -61,6 +69,8 @@ class PairJob:
     destination: str = ""
     #: what the encode step recorded under this lease (None: nothing yet, or another lease)
     encoded: Encoded | None = None
+    #: what the index row says about the WAV (``uploader.source_check``); None: not checked
+    expect: source_check.Expectation | None = None
 
     @property
     def wav_name(self) -> str:
@@ -95,6 +105,7 @@ def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
         bandwidth_limit=settings.uploader.bandwidth_limit,
         destination=destination.destination_of(row.type, dict(row.config or {}), row.target_path),
         encoded=evidence.encoded_from_row(row),
+        expect=source_check.Expectation(float(row.duration), int(row.filesize_raw)),
     )
 
 
@@ -114,7 +125,7 @@ _BEGIN = text(
     WITH renewed AS ({leases.RENEW_SQL})
     SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
            st.state, st.since, st.detail,
-           r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted,
+           r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted, r.duration, r.filesize_raw,
            s.slug, s.type, s.config, s.target_path, s.is_active,
            {evidence.ENCODED_COLUMNS}
     FROM (SELECT 1) AS one
@@ -173,10 +184,17 @@ def ensure_flac(
         if not wav.is_file():
             raise SourceMissing(f"WAV not found: {job.file_raw}", recording_id=job.recording_id)
         out_dir = flac_dir_for(ctx, job.recording_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        produced = flac_encoder.encode_wav_to_flac(wav, out_dir, engine=ctx.flac_engine)
-        if produced != target:
-            produced.replace(target)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        produced = flac_encoder.encode_checked(
+            wav,
+            out_dir,
+            engine=ctx.flac_engine,
+            expect=job.expect,
+            recording_id=job.recording_id,
+        )
+        if produced.path != target:
+            produced.path.replace(target)
+        return FlacFile(target, produced.size_bytes, produced.md5)
     md5 = flac_encoder.file_md5(target) if checksum else ""
     return FlacFile(target, target.stat().st_size, md5)
 
@@ -216,9 +234,9 @@ def claim_object(session: Session, job: PairJob, token: str, flac: FlacFile) -> 
 def checked_flac(ctx: WorkerContext, job: PairJob, encoded: Encoded) -> FlacFile | None:
     """The pair's FLAC in the worker's own temp dir, exactly as the encode step recorded it.
 
-    None when it is gone (the caller encodes again). Raises :class:`FileRejected` when it
+    None when it is gone (the caller encodes again). Raises :class:`FlacChanged` when it
     differs in size or md5 from the record (it is removed first: something other than the
-    encode step wrote it), or lies outside the temp dir.
+    encode step wrote it), :class:`FileRejected` when it lies outside the temp dir.
     """
     path = flac_path_for(ctx, job)
     if not path.resolve().is_relative_to(ctx.temp_dir.resolve()):
@@ -230,7 +248,7 @@ def checked_flac(ctx: WorkerContext, job: PairJob, encoded: Encoded) -> FlacFile
     md5 = flac_encoder.file_md5(path) if size == encoded.size else ""
     if size != encoded.size or md5 != encoded.md5:
         cleanup(ctx, job.recording_id)
-        raise FileRejected(
+        raise FlacChanged(
             f"the FLAC in the temp folder changed after the encode step (size {size}, "
             f"recorded {encoded.size}; md5 {'differs' if md5 else 'not compared'}): it was "
             "removed and is encoded again at the next attempt. Check who else writes to "

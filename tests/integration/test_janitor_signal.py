@@ -8,6 +8,7 @@ the code before ``uploader.evidence`` / ``uploader.destination`` / ``uploader.re
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -156,3 +157,19 @@ def test_colliding_paths_get_one_object_each(engine: Engine, stack: Stack, tmp_p
         assert np.array_equal(_read(Path(paths[rid])), _read(wav)), (rid, paths[rid])
     # and the later of each colliding pair carries its id in its name
     assert sum(1 for p in paths.values() if "~" in p) == 2
+
+
+def test_a_worker_refuses_a_temp_folder_another_user_may_write(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    # given the operator's SILVASONIC_TEMP_DIR was made by another user, open to everyone
+    seed_station(engine, stack.workspace, recordings=1, remotes={"usb": _local(tmp_path / "u")})
+    squatted = tmp_path / "squatted"
+    squatted.mkdir()
+    squatted.chmod(0o777)
+    os.chown(squatted, 65534, 65534)
+    # when the worker starts, it stops at once with what to do, and never loops
+    proc = stack.start_worker("usb", SILVASONIC_TEMP_DIR=str(squatted))
+    assert proc.wait(60) != 0
+    log = stack.logs("worker-usb")
+    assert "is not private to this worker" in log and "SILVASONIC_TEMP_DIR" in log
