@@ -124,6 +124,8 @@ def _remote_json(report: StationStatus, r: RemoteProgress) -> dict[str, Any]:
         "last_success_at": iso(r.last_success_at),
         "uploads_last_hour": r.uploads_last_hour,
         "failures_last_hour": r.failures_last_hour,
+        "only_at_earlier_destination": r.only_at_earlier_destination,
+        "only_at_earlier_destination_ids": list(r.only_at_earlier_destination_ids),
     }
 
 
@@ -213,6 +215,19 @@ def _remote_table(report: StationStatus) -> list[str]:
             parts.append(r.detail)
         if parts:
             notes[r.slug] = ": ".join(parts)
+        if r.only_at_earlier_destination:
+            ids = ", ".join(str(i) for i in r.only_at_earlier_destination_ids)
+            more = (
+                " …"
+                if r.only_at_earlier_destination > len(r.only_at_earlier_destination_ids)
+                else ""
+            )
+            stranded = (
+                f"{r.only_at_earlier_destination} flagged recording(s) with deleted audio are "
+                f"only at an earlier destination (ids {ids}{more}): keep that place, or "
+                "`remotes set --moved` if you moved them"
+            )
+            notes[r.slug] = f"{notes[r.slug]}; {stranded}" if r.slug in notes else stranded
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
            for row in rows]  # fmt: skip

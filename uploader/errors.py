@@ -23,6 +23,14 @@
 Only ``rclone_client`` maps rclone failures onto these, and only ``flac_encoder`` maps ffmpeg
 and libFLAC failures. No instance ever carries a secret: messages pass through
 ``uploader.redact`` where they quote foreign output.
+
+Every instance survives Celery with its type and fields, whatever the serialiser: its
+``args`` are exactly its constructor's arguments (``cls(*exc.args)`` rebuilds it, which is
+what both pickle and Celery's JSON exception format do), and its message is built by
+``__str__``. Without that, Celery could not rebuild ``RemoteMisconfigured(slug, reason)``
+from a one-element ``args``, handed the errback the nearest base class that it could rebuild
+(``UploaderError``), and the failure lost its kind: no audit row, no mark, the pair leased
+again at once — a tight loop against a remote with a wrong password.
 """
 
 from __future__ import annotations
@@ -31,13 +39,20 @@ from __future__ import annotations
 class UploaderError(Exception):
     """Base of everything the uploader raises on purpose."""
 
+    #: the message, when a subclass builds one from its fields (``args`` hold the fields)
+    message: str | None = None
+
+    def __str__(self) -> str:
+        return self.message if self.message is not None else super().__str__()
+
 
 class SettingsInvalid(UploaderError):
     """Fix the named field of the named ``system_config`` key (the web UI or SQL)."""
 
     def __init__(self, key: str, field: str, reason: str) -> None:
+        super().__init__(key, field, reason)
         self.key, self.field, self.reason = key, field, reason
-        super().__init__(
+        self.message = (
             f"system_config[{key!r}] field {field!r} is invalid: {reason}. "
             f"Correct it (or delete the field to use its default)."
         )
@@ -51,8 +66,9 @@ class SchemaOutdated(SchemaError):
     """Run ``silvasonic-uploader db upgrade`` against this database, then start again."""
 
     def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(current, head)
         self.current, self.head = current, head
-        super().__init__(
+        self.message = (
             f"database schema is at {current or 'nothing'}, this uploader needs {head}: "
             f"run `silvasonic-uploader db upgrade` first"
         )
@@ -66,8 +82,9 @@ class RemoteMisconfigured(UploaderError):
     """Configuration-level: fix the remote's settings; no file is penalised meanwhile."""
 
     def __init__(self, remote_slug: str, reason: str) -> None:
+        super().__init__(remote_slug, reason)
         self.remote_slug, self.reason = remote_slug, reason
-        super().__init__(f"remote {remote_slug!r} is misconfigured: {reason}")
+        self.message = f"remote {remote_slug!r} is misconfigured: {reason}"
 
 
 class RemoteConfigInvalid(RemoteMisconfigured):
@@ -82,17 +99,19 @@ class RemoteUnavailable(UploaderError):
     """Connection-level: the remote did not answer; Celery retries, nothing is penalised."""
 
     def __init__(self, remote_slug: str, reason: str) -> None:
+        super().__init__(remote_slug, reason)
         self.remote_slug, self.reason = remote_slug, reason
-        super().__init__(f"remote {remote_slug!r} is unavailable: {reason}")
+        self.message = f"remote {remote_slug!r} is unavailable: {reason}"
 
 
 class FileRejected(UploaderError):
     """File-level: this recording failed on its own; after ``max_file_attempts`` it is parked."""
 
-    def __init__(self, reason: str, *, recording_id: int | None = None) -> None:
+    def __init__(self, reason: str, recording_id: int | None = None) -> None:
+        super().__init__(reason, recording_id)
         self.reason, self.recording_id = reason, recording_id
         where = f"recording {recording_id}: " if recording_id is not None else ""
-        super().__init__(f"{where}{reason}")
+        self.message = f"{where}{reason}"
 
 
 class FlacEncodingError(FileRejected):
@@ -117,9 +136,10 @@ class FlacChanged(UploaderError):
     md5): something else writes there. It is removed and encoded again; not the recording's
     fault, so it never counts toward parking. Make the temp folder private to the worker."""
 
-    def __init__(self, reason: str, *, recording_id: int | None = None) -> None:
+    def __init__(self, reason: str, recording_id: int | None = None) -> None:
+        super().__init__(reason, recording_id)
         self.reason, self.recording_id = reason, recording_id
-        super().__init__(f"recording {recording_id}: {reason}" if recording_id else reason)
+        self.message = f"recording {recording_id}: {reason}" if recording_id else reason
 
 
 class TempDirUnsafe(UploaderError):
@@ -127,8 +147,9 @@ class TempDirUnsafe(UploaderError):
     remove it, or point ``SILVASONIC_TEMP_DIR`` at a folder of the worker's own."""
 
     def __init__(self, directory: str, reason: str) -> None:
+        super().__init__(directory, reason)
         self.directory, self.reason = directory, reason
-        super().__init__(
+        self.message = (
             f"temp folder {directory!r} is not private to this worker: {reason}. Remove it, or "
             "set SILVASONIC_TEMP_DIR to a folder only the worker's user can write"
         )
@@ -143,5 +164,6 @@ class TempSpaceExhausted(UploaderError):
     """
 
     def __init__(self, directory: str, reason: str) -> None:
+        super().__init__(directory, reason)
         self.directory, self.reason = directory, reason
-        super().__init__(f"temp folder {directory!r} is full: {reason}")
+        self.message = f"temp folder {directory!r} is full: {reason}"

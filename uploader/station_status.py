@@ -20,7 +20,7 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import leases, remote_state, work_poller
+from uploader import leases, remote_state, retarget, work_poller
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.destination import current_one as current_destination
 from uploader.schedule import is_within_window
@@ -71,6 +71,10 @@ class RemoteProgress:
     last_success_at: datetime | None  # None: none within the audit window
     uploads_last_hour: int
     failures_last_hour: int
+    #: flagged recordings whose audio is deleted and that this remote holds only at an earlier
+    #: destination (it was pointed elsewhere; ``uploader.retarget``): how many, the first ids
+    only_at_earlier_destination: int = 0
+    only_at_earlier_destination_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,8 @@ def _progress(
         detail = marked.detail
     oldest = work_poller.select_candidates(session, slug, 1, lock=False).chosen
     last_success, ok_hour, failed_hour = per_remote.get(slug, (None, 0, 0))
+    dest = current_destination(session, slug)
+    stranded, stranded_ids = retarget.stranded(session, slug, dest) if dest else (0, ())
     return RemoteProgress(
         slug=slug,
         type=type_and_name[0],
@@ -262,6 +268,8 @@ def _progress(
         last_success_at=last_success,
         uploads_last_hour=ok_hour,
         failures_last_hour=failed_hour,
+        only_at_earlier_destination=stranded,
+        only_at_earlier_destination_ids=stranded_ids,
     )
 
 
