@@ -70,7 +70,10 @@ def test_a_new_target_path_says_what_follows_and_status_names_what_stays_behind(
 
     out = run("remotes", "set", "nas", "--target-path", str(tmp_path / "nas-new")).output
     assert "2 recording(s) still on disk will be uploaded again to the new place" in out
-    assert f"1 recording(s) no longer exist locally and remain only at the old place (ids {ids['deleted']})" in out
+    assert (
+        f"1 recording(s) no longer exist locally and remain only at the old place (ids {ids['deleted']})"
+        in out
+    )
     assert "--moved" in out
 
     # the dispatcher's next claim takes the recordings still on disk again, for the new place
