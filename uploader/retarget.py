@@ -123,15 +123,16 @@ def carry_over(
         "new_prefix": path_builder.target_prefix(new_target),
     }
     moved = session.execute(_CARRY_OVER, params).all()
-    if moved:
+    paths = [row for row in moved if row.remote_path]  # a SEED-ERA row may have no path
+    if paths:
         session.execute(
             _CLAIM,
             {
                 "new": new,
                 "slug": slug,
-                "keys": [path_builder.object_key(row.remote_path) for row in moved],
-                "rids": [row.recording_id for row in moved],
-                "paths": [row.remote_path for row in moved],
+                "keys": [path_builder.object_key(row.remote_path) for row in paths],
+                "rids": [row.recording_id for row in paths],
+                "paths": [row.remote_path for row in paths],
             },
         )
     log.warning("remote.destination_carried_over", remote=slug, recordings=len(moved))

@@ -46,12 +46,14 @@ def success_rows(engine: Engine, slug: str | None = None) -> int:
 
 
 def duplicate_success_pairs(engine: Engine) -> int:
+    """Pairs with more than one success row at one destination (a remote pointed elsewhere
+    rightly has one per destination)."""
     return int(
         scalar(
             engine,
             """
         SELECT count(*) FROM (SELECT 1 FROM uploads WHERE success
-        GROUP BY recording_id, remote_slug HAVING count(*) > 1) d""",
+        GROUP BY recording_id, remote_slug, destination HAVING count(*) > 1) d""",
         )
     )
 

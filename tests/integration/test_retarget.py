@@ -58,7 +58,7 @@ def _claim(engine: Engine, slug: str) -> list[int]:
 
 
 def _status(slug: str) -> dict[str, object]:
-    report = json.loads(run("status", "--json").output)
+    report = json.loads(run("status", "--json").stdout)
     return next(r for r in report["remotes"] if r["slug"] == slug)
 
 
@@ -94,7 +94,7 @@ def test_moved_carries_the_successes_over_audited_and_nothing_is_uploaded_again(
     ids = _station(engine, tmp_path, "usb")
     new = tmp_path / "usb-new"
     result = run("remotes", "set", "usb", "--target-path", str(new), "--moved", "--json")
-    change = json.loads(result.output)["destination"]
+    change = json.loads(result.stdout)["destination"]
     assert change["moved"] is True and change["carried_over"] == 3
     assert change["upload_again"] == 0 and change["only_at_old_place"] == 0
 
