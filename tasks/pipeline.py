@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import structlog
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from tasks.app import app
 from tasks.runtime import get_runtime
@@ -38,6 +38,7 @@ from uploader.errors import (
     TempSpaceExhausted,
 )
 from uploader.evidence import Encoded
+from uploader.log_limiter import log_limited
 from uploader.pair_lock import pair_lock
 from uploader.pipeline import (
     FlacFile,
@@ -85,11 +86,13 @@ class Pair:
         return {**asdict(self), **changes}
 
 
-def retry_countdown(retries: int, settings: StationSettings) -> float:
+def retry_countdown(retries: int, settings: StationSettings, floor_s: float = 0.0) -> float:
     """Exponential backoff with full jitter, capped at the poll interval so a remote that comes
-    back is used again within about one poll interval."""
+    back is used again within about one poll interval; never below ``floor_s`` (the remote's
+    breaker, ``remote_state.unavailable_backoff_s``, for an attempt at the remote)."""
     cap = min(conf.uploader_retry_backoff_max_s, float(settings.uploader.poll_interval))
-    return random.uniform(0, min(cap, conf.uploader_retry_backoff_s * (2**retries)))
+    jittered = random.uniform(0, min(cap, conf.uploader_retry_backoff_s * (2**retries)))
+    return max(floor_s, jittered)
 
 
 def _proceed(pair: Pair) -> tuple[PairJob | None, StationSettings | None]:
@@ -121,6 +124,15 @@ def _proceed(pair: Pair) -> tuple[PairJob | None, StationSettings | None]:
         return job, settings
 
 
+def _end(self: Task, outcome: str = "ended") -> dict[str, Any]:
+    """End the pair's chain here (the log line before says why), in a final state that
+    Flower shows: SUCCESS with ``{"outcome": …}``. ``Ignore()`` left such a task STARTED in
+    Flower for good, dozens of them on a worker that runs one task at a time."""
+    self.request.chain = None
+    self.request.callbacks = None
+    return {"outcome": outcome}
+
+
 def _bind(pair: Pair, step: str, task: Task) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
@@ -141,10 +153,10 @@ def encode(
     _bind(pair, "encode", self)
     job, settings = _proceed(pair)
     if job is None or settings is None:
-        raise Ignore()
+        return _end(self)
     encoded = _encode(self, pair, job, settings)
     if encoded is None:
-        raise Ignore()
+        return _end(self)
     if not probe:  # a probe asks whether the remote is back: its upload step must try afresh
         _start_ahead(job, pair, encoded)
     return pair.payload(size_bytes=encoded.size)
@@ -220,7 +232,7 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     job, settings = _proceed(pair)
     if job is None or settings is None:
         rt.ahead.discard((pair.recording_id, pair.remote_slug))
-        raise Ignore()
+        return _end(self)
     client = rt.client_for(job.remote)  # RemoteMisconfigured → errback
     encoded = job.encoded
     result = None
@@ -237,11 +249,11 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         ) as mine:
             if not mine:  # another execution of this pair is still uploading it
                 log.warning("pair.busy")
-                raise Ignore()
+                return _end(self, "busy")
             try:
                 checked = _checked(self, pair, job, settings)
                 if checked is None:
-                    raise Ignore()
+                    return _end(self)
                 encoded, flac = checked
                 result = transfer(client, job, flac, encoded)
             except (TempSpaceExhausted, FlacChanged) as exc:
@@ -249,7 +261,7 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     assert encoded is not None
     if result.success:
         return _verified(self, pair, job, settings, client, encoded, result)
-    _failed(self, pair, job, settings, encoded.remote_path, result)
+    _failed(self, pair, job, settings, encoded, result)
     raise AssertionError("unreachable")  # _failed always raises
 
 
@@ -289,14 +301,14 @@ def _verified(
             verification.error_kind is RcloneErrorKind.CONNECTION,
             verification.error_kind,
         )
-        _failed(self, pair, job, settings, encoded.remote_path, failed)
+        _failed(self, pair, job, settings, encoded, failed)
     with session_scope() as s:
         recorded = evidence.record_verified(
             s, pair.recording_id, pair.remote_slug, pair.token, encoded, verification.check
         )
     if not recorded:
         log.info("pair.lease_lost")
-        raise Ignore()
+        return _end(self)
     return pair.payload(duration_s=result.duration_s, size_bytes=encoded.size)
 
 
@@ -305,14 +317,25 @@ def _failed(
     pair: Pair,
     job: PairJob,
     settings: StationSettings,
-    remote_path: str,
+    encoded: Encoded,
     result: RcloneResult,
 ) -> None:
     """Raise what a failed transfer or verification means: a retry (connection), the remote's
-    mark (config) or the file's failure (file)."""
+    mark (config) or the file's failure (file) — unless the local FLAC changed under rclone
+    ("corrupted on transfer", "source file is being updated"): that is the temp folder's
+    problem, not the recording's, and never counts toward parking."""
     rt = get_runtime()
     message = result.error_message or "rclone failed"
     kind = str(result.error_kind)
+    remote_path = encoded.remote_path
+    if kind == "file":
+        try:
+            if checked_flac(rt.ctx, job, encoded) is None:
+                raise FlacChanged(
+                    f"the FLAC vanished during its transfer ({message})", pair.recording_id
+                )
+        except FlacChanged as exc:
+            _retry_after_temp_problem(self, pair, settings, exc)
     if kind == "connection":
         with session_scope() as s:
             audit_logger.log_upload_attempt(
@@ -329,12 +352,16 @@ def _failed(
                 attempt_key=f"{pair.token}:{self.request.retries}",
             )
             remote_state.mark_unavailable(s, pair.remote_slug, message)  # logs when it is news
+            failures = remote_state.get_state(s, pair.remote_slug).failures
         rt.stats.record_connection_abort(pair.remote_slug)
-        countdown = retry_countdown(self.request.retries, settings)
+        floor_s = remote_state.unavailable_backoff_s(failures)
+        countdown = retry_countdown(self.request.retries, settings, floor_s)
         log.info("upload.retry_scheduled", countdown_s=round(countdown, 1))
         raise self.retry(exc=RemoteUnavailable(pair.remote_slug, message), countdown=countdown)
     if kind == "config":
         raise RemoteMisconfigured(pair.remote_slug, message)
+    with session_scope() as s:  # the breaker counts it: a remote that rejects everything trips
+        remote_state.record_failure(s, pair.remote_slug, message)
     raise FileRejected(message, recording_id=pair.recording_id)
 
 
@@ -439,11 +466,12 @@ def record_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     maybe_request_topup(pair.remote_slug)
 
 
-def _failure_kind(exc: BaseException, pair: Pair, retries: int) -> tuple[str, str] | None:
-    """(error_kind, attempt_key) of a failure we audit, or None for our own problems.
+def _failure_kind(exc: BaseException, pair: Pair, retries: int) -> tuple[str, str]:
+    """(error_kind, attempt_key) of a failure, for its audit row.
 
     A connection failure's last attempt already audited itself under the same key, so the
-    errback's row is a no-op; a time limit counts against the file (it is the file's attempt).
+    errback's row is a no-op; a time limit counts against the file (it is the file's attempt);
+    anything we did not foresee is ``internal`` (retried after a cool-down, no penalty).
     """
     if isinstance(exc, RemoteUnavailable):
         return "connection", f"{pair.token}:{retries}"
@@ -453,17 +481,17 @@ def _failure_kind(exc: BaseException, pair: Pair, retries: int) -> tuple[str, st
         return "source_mismatch", f"{pair.token}:file"
     if isinstance(exc, (FileRejected, SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "file", f"{pair.token}:file"
-    return None
+    return "internal", f"{pair.token}:internal"
+
+
+#: an unknown failure (a bug, a lost database connection) keeps its pair from being leased
+#: again for this long: retried with backoff, never at once, never counted against the file
+INTERNAL_COOLDOWN_S = 60.0
 
 
 def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) -> None:
-    kind = _failure_kind(exc, pair, retries)
+    error_kind, attempt_key = _failure_kind(exc, pair, retries)
     with session_scope() as s:
-        if kind is None:  # our problem (a bug, the database): no row, no penalty
-            leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            log.error("upload.internal_error", error=type(exc).__name__, reason=message)
-            return
-        error_kind, attempt_key = kind
         audit_logger.log_upload_attempt(
             s,
             pair.recording_id,
@@ -475,9 +503,17 @@ def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) 
             error_kind=error_kind,
             attempt_key=attempt_key,
         )
-        if error_kind == "connection":
+        if error_kind == "internal":  # our problem: no penalty, but no tight loop either
+            leases.release(
+                s, pair.recording_id, pair.remote_slug, pair.token, cooldown_s=INTERNAL_COOLDOWN_S
+            )
+            remote_state.record_failure(s, pair.remote_slug, message)
+            log_limited(log.error, "upload.internal_error", pair.remote_slug,
+                        error=type(exc).__name__, reason=message)  # fmt: skip
+        elif error_kind == "connection":
             leases.release(s, pair.recording_id, pair.remote_slug, pair.token)
-            log.warning("upload.failed", error_kind=error_kind, reason=message, retries=retries)
+            log_limited(log.warning, "upload.failed", pair.remote_slug, error_kind=error_kind,
+                        reason=message, retries=retries)  # fmt: skip
         elif error_kind == "config":
             remote = _remote_fingerprint(s, pair.remote_slug)
             remote_state.mark_misconfigured(s, pair.remote_slug, message, remote)  # logs it
@@ -494,7 +530,8 @@ def _record_failure(pair: Pair, exc: BaseException, message: str, retries: int) 
                 max_file_attempts=attempts,
                 park_window_hours=settings.uploader.park_window_hours,
             )
-            log.warning("upload.failed", error_kind=error_kind, reason=message, parked=parked)
+            log_limited(log.warning, "upload.failed", pair.remote_slug, error_kind=error_kind,
+                        reason=message, parked=parked)  # fmt: skip
 
 
 def _remote_fingerprint(session: Any, slug: str) -> str | None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from uploader import log_limiter
 from uploader.logs import PER_TASK_LOGGERS, StdlibHandler
 
 pytest_plugins = [
@@ -34,6 +35,7 @@ def _fresh_structlog() -> Iterator[None]:
     assertions elsewhere see the defaults and nothing writes to a closed stream."""
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in PER_TASK_LOGGERS)]
     levels = [lg.level for lg in loggers]
+    log_limiter.clear()  # each test sees its failures logged as news
     yield
     structlog.reset_defaults()
     root = logging.getLogger()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from uploader.db.models import RemoteStatus, StorageRemote
@@ -74,9 +74,17 @@ def misconfiguration(session: Session, remote: StorageRemote) -> str | None:
     status = session.get(RemoteStatus, remote.slug)
     if status is not None and status.state == "misconfigured":
         current = config_fingerprint(remote.type, remote.config or {}, remote.target_path)
-        if status.config_fingerprint in (None, current):
+        if status.config_fingerprint in (None, current) and not _probe_due(session, status):
             return status.detail or "marked misconfigured by its worker"
     return None
+
+
+def _probe_due(session: Session, status: RemoteStatus) -> bool:
+    """The breaker lets a misconfigured remote run for one probe pair once ``probe_at`` has
+    passed (``uploader.remote_state``): a fix on the server's side then heals by itself."""
+    if status.probe_at is None:  # marked by hand: it waits for a config change or a probe
+        return False
+    return bool(session.execute(select(func.now() >= status.probe_at)).scalar())
 
 
 def active_remotes(session: Session, settings: StationSettings | None = None) -> ActiveRemotes:

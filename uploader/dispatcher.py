@@ -1,7 +1,7 @@
 """One dispatch cycle, without Celery: read the settings, honour the pause and the window,
-and top up each running remote's leases to ``batch_size`` (a remote marked unavailable gets a
-single probe pair). The Celery task publishes one chain per returned lease after this
-transaction has committed (design.md §4.1)."""
+and top up each running remote's leases to ``batch_size`` (a remote that is not ok gets a
+single probe pair, when its breaker allows one: ``uploader.remote_state``). The Celery task
+publishes one chain per returned lease after this transaction has committed (design.md §4.1)."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def claim_work(session: Session, *, lease_s: float, only: str | None = None) -> 
         if only is not None and remote.slug != only:
             continue
         live = leases.count_leases(session, remote.slug)
-        unavailable = remote_state.get_state(session, remote.slug).state == "unavailable"
-        want = (0 if live else 1) if unavailable else up.batch_size - live
+        state = remote_state.get_state(session, remote.slug)
+        probing = state.state is not remote_state.State.ok
+        # the breaker: a remote that is not ok gets one probe pair at a time, when it is due
+        want = (1 if not live and state.probe_due else 0) if probing else up.batch_size - live
         if want <= 0:
             continue
         for lease in leases.claim(session, remote.slug, want, lease_s=lease_s):
-            result.claimed.append(Claimed(lease, probe=unavailable))
+            result.claimed.append(Claimed(lease, probe=probing))
     return result

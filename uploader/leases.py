@@ -105,7 +105,9 @@ RENEW_SQL = f"""
 _RENEW = text(RENEW_SQL)
 _RELEASE = text(
     f"""
-    UPDATE pair_state SET lease_token = NULL, lease_until = NULL, updated_at = now()
+    UPDATE pair_state SET lease_token = NULL, updated_at = now(),
+        lease_until = CASE WHEN :cooldown_s > 0
+                           THEN now() + make_interval(secs => :cooldown_s) END
     WHERE {_PAIR} AND lease_token = :token
     RETURNING 1
     """
@@ -239,13 +241,19 @@ def renew_params(
     return None if params is None else {**params, "lease_s": lease_s}
 
 
-def release(session: Session, recording_id: int, remote_slug: str, token: str) -> bool:
-    """Drop the lease and keep the failure count: the pair is claimable again at once.
+def release(
+    session: Session, recording_id: int, remote_slug: str, token: str, *, cooldown_s: float = 0
+) -> bool:
+    """Drop the lease and keep the failure count: the pair is claimable again at once, or
+    after ``cooldown_s`` (an unknown failure must not be retried in a tight loop).
 
-    For connection- and config-level failures, which never count against the file.
+    For connection-, config-level and unknown failures, which never count against the file.
     """
     params = _params(recording_id, remote_slug, token)
-    released = params is not None and session.execute(_RELEASE, params).first() is not None
+    released = (
+        params is not None
+        and session.execute(_RELEASE, {**params, "cooldown_s": cooldown_s}).first() is not None
+    )
     if released:
         log.debug("pair.released", remote=remote_slug, recording_id=recording_id)
     return released

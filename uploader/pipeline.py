@@ -27,7 +27,7 @@ from uploader import (
     source_check,
 )
 from uploader.db.models import Recording
-from uploader.errors import FileRejected, FlacChanged, SourceMissing
+from uploader.errors import FileRejected, FlacChanged, SourceMissing, UnsafePath
 from uploader.evidence import Encoded
 from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
 from uploader.remote_objects import claim_path
@@ -124,7 +124,7 @@ _BEGIN = text(
     f"""
     WITH renewed AS ({leases.RENEW_SQL})
     SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
-           st.state, st.since, st.detail,
+           {remote_state.STATE_COLUMNS},
            r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted, r.duration, r.filesize_raw,
            s.slug, s.type, s.config, s.target_path, s.is_active,
            {evidence.ENCODED_COLUMNS}
@@ -149,9 +149,9 @@ def begin_step(
     ``remote_state.get_state``) and the job, in one statement."""
     params = leases.renew_params(recording_id, remote_slug, token, lease_s)
     if params is None:
-        return StepStart(False, remote_state.from_row(None, None, None), None)
+        return StepStart(False, remote_state.from_row(None), None)
     row = session.execute(_BEGIN, params).one()
-    state = remote_state.from_row(row.state, row.since, row.detail)
+    state = remote_state.from_row(row)
     return StepStart(bool(row.renewed), state, _job_from_row(row, settings))
 
 
@@ -181,7 +181,15 @@ def ensure_flac(
     target = flac_path_for(ctx, job)
     if not (reuse and target.is_file() and target.stat().st_size > 0):
         wav = path_builder.resolve_local_path(ctx.workspace_root, job.file_raw)
-        if not wav.is_file():
+        try:
+            present = wav.is_file()
+        except OSError as exc:  # a name too long (ENAMETOOLONG), a component not a folder …
+            raise UnsafePath(
+                f"file_raw {job.file_raw[:120]!r} cannot be looked up: {exc.strerror}; fix "
+                "recordings.file_raw",
+                recording_id=job.recording_id,
+            ) from exc
+        if not present:
             raise SourceMissing(f"WAV not found: {job.file_raw}", recording_id=job.recording_id)
         out_dir = flac_dir_for(ctx, job.recording_id)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -44,6 +44,7 @@ from uploader.errors import (
     SettingsInvalid,
     UploaderError,
 )
+from uploader.log_limiter import log_limited
 from uploader.process_group import kill_group, spawn
 from uploader.rclone_config import (
     REMOTE_NAME,
@@ -557,8 +558,8 @@ class RcloneClient:
         self, kind: RcloneErrorKind, detail: str, *, check: str = "size"
     ) -> Verification:
         text = redact(detail, self._secrets)
-        log.warning("rclone.verify_failed", remote=self.remote.slug, error_kind=str(kind),
-                    error=text[:300])  # fmt: skip
+        log_limited(log.warning, "rclone.verify_failed", self.remote.slug,
+                    remote=self.remote.slug, error_kind=str(kind), error=text[:300])  # fmt: skip
         return Verification(False, check, text, kind)
 
     def _stat(self, remote_path: str, bandwidth_limit: str | None) -> dict[str, Any] | None:
@@ -771,8 +772,10 @@ class RcloneClient:
     ) -> RcloneResult:
         duration = time.monotonic() - started
         text = redact(message, self._secrets)
-        log.warning(
+        log_limited(  # one line per remote and minute when it repeats (uploader.log_limiter)
+            log.warning,
             "rclone.upload_failed",
+            self.remote.slug,
             remote=self.remote.slug,
             error_kind=str(kind),
             exit_code=exit_code,

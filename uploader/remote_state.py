@@ -1,5 +1,17 @@
 """The remote availability marker (table ``remote_status``): ``ok``, ``unavailable`` or
-``misconfigured``, with the time it entered that state.
+``misconfigured``, with the time it entered that state, and the per-remote circuit breaker.
+
+The breaker bounds the attempts at a failing remote, whatever the failure kind (an operator's
+mistake must not get the station banned by Nextcloud's brute-force protection or fail2ban):
+
+- ``failures`` counts failed attempts at the remote in a row; a success resets it.
+- **unavailable** (connection-level, or :data:`TRIP_AFTER` failed attempts in a row of any
+  kind): one probe pair at a time, and the next attempt not before ``probe_at`` — spaced by
+  :func:`unavailable_backoff_s` (10, 20, 40, then 60 s: at most 6 attempts a minute).
+- **misconfigured** (credentials refused, a missing bucket, an undecryptable secret): no work
+  until ``probe_at``, then one probe pair, at growing intervals (:func:`misconfigured_probe_s`:
+  1, 5, 15, then every 60 min), so a fix on the server's side heals by itself. A change of the
+  remote's config, or ``remotes probe SLUG``, probes at once.
 
 Workers set it from what rclone tells them; the dispatcher reads it (an unavailable remote gets
 one probe pair), so do the heartbeat and ``status``, and ``uploader.active`` reads the
@@ -10,14 +22,17 @@ No row means ``ok``. Details are redacted: they quote rclone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from uploader import log_limiter
 from uploader.redact import redact
 from uploader.remotes import config_fingerprint
 
@@ -35,6 +50,43 @@ class RemoteState:
     state: State
     since: datetime | None  # None: never marked
     detail: str | None = None
+    failures: int = 0  # failed attempts in a row
+    probe_at: datetime | None = None  # no attempt before this (None: at once)
+    probe_due: bool = True  # probe_at has passed (the database's clock)
+
+
+#: failed attempts in a row (any kind) after which a remote counts as unavailable
+TRIP_AFTER = 5
+_UNAVAILABLE_ENV = "SILVASONIC_UNAVAILABLE_BACKOFF_S"
+_MISCONFIGURED_ENV = "SILVASONIC_MISCONFIGURED_PROBE_S"
+_DEFAULT_UNAVAILABLE = (10.0, 20.0, 40.0, 60.0)
+_DEFAULT_MISCONFIGURED = (60.0, 300.0, 900.0, 3600.0)
+
+
+def _steps(env: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        steps = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        log.warning("remote.bad_backoff_setting", variable=env)
+        return default
+    return steps if steps and all(x > 0 for x in steps) else default
+
+
+def unavailable_backoff_s(failures: int) -> float:
+    """Seconds before the next attempt at an unavailable remote after ``failures`` in a row
+    (``SILVASONIC_UNAVAILABLE_BACKOFF_S``, default 10,20,40,60: at most 6 attempts a minute)."""
+    steps = _steps(_UNAVAILABLE_ENV, _DEFAULT_UNAVAILABLE)
+    return steps[min(max(failures, 1), len(steps)) - 1]
+
+
+def misconfigured_probe_s(marks: int) -> float:
+    """Seconds before a misconfigured remote is probed again after its ``marks``-th mark in a
+    row (``SILVASONIC_MISCONFIGURED_PROBE_S``, default 60,300,900,3600: 1, 5, 15, 60 min)."""
+    steps = _steps(_MISCONFIGURED_ENV, _DEFAULT_MISCONFIGURED)
+    return steps[min(max(marks, 1), len(steps)) - 1]
 
 
 # Make sure a row exists (only for a remote that exists), then lock it: every change below is
@@ -46,28 +98,54 @@ _ENSURE = text(
 _LOCK = text(
     "SELECT state, config_fingerprint FROM remote_status WHERE remote_slug = :slug FOR UPDATE"
 )
-_READ = text("SELECT state, since, detail FROM remote_status WHERE remote_slug = :slug")
+#: the columns :func:`from_row` reads, for a statement of ``remote_status`` aliased ``st``
+STATE_COLUMNS = (
+    "st.state, st.since, st.detail, st.failures, st.probe_at, "
+    "coalesce(st.probe_at <= now(), true) AS probe_due"
+)
+_READ = text(f"SELECT {STATE_COLUMNS} FROM remote_status st WHERE st.remote_slug = :slug")
 _SET = text(
     """
     UPDATE remote_status
     SET state = :state, detail = :detail, config_fingerprint = :fingerprint, updated_at = now(),
-        since = CASE WHEN :same THEN since ELSE now() END
+        since = CASE WHEN :same THEN since ELSE now() END,
+        failures = CASE WHEN :state = 'ok' THEN 0 WHEN :reset THEN 1 ELSE failures + 1 END,
+        probe_at = CASE WHEN :state = 'ok' THEN NULL
+                        ELSE now() + make_interval(secs => :wait_s) END
     WHERE remote_slug = :slug
+    RETURNING failures
     """
+)
+_COUNT_FAILURE = text(
+    """
+    UPDATE remote_status SET failures = failures + 1, updated_at = now()
+    WHERE remote_slug = :slug
+    RETURNING state, failures
+    """
+)
+_PROBE_NOW = text(
+    "UPDATE remote_status SET probe_at = now(), updated_at = now() WHERE remote_slug = :slug "
+    "AND state <> 'ok' RETURNING 1"
 )
 _REMOTE = text("SELECT type, config, target_path FROM storage_remotes WHERE slug = :slug")
 
 
 def get_state(session: Session, slug: str) -> RemoteState:
-    row = session.execute(_READ, {"slug": slug}).first()
-    return from_row(None, None, None) if row is None else from_row(row.state, row.since, row.detail)
+    return from_row(session.execute(_READ, {"slug": slug}).first())
 
 
-def from_row(state: str | None, since: datetime | None, detail: str | None) -> RemoteState:
-    """A state read with ``remote_status``'s columns elsewhere (a LEFT JOIN: NULL is ok)."""
-    if state is None:
+def from_row(row: Any) -> RemoteState:
+    """A state read with :data:`STATE_COLUMNS` (a LEFT JOIN's NULLs, or no row: ok)."""
+    if row is None or row.state is None:
         return RemoteState(State.ok, None)
-    return RemoteState(State(state), since, detail)
+    return RemoteState(
+        State(row.state),
+        row.since,
+        row.detail,
+        int(row.failures or 0),
+        row.probe_at,
+        bool(row.probe_due),
+    )
 
 
 def mark_unavailable(session: Session, slug: str, reason: str) -> bool:
@@ -82,7 +160,9 @@ def mark_unavailable(session: Session, slug: str, reason: str) -> bool:
     state, fingerprint = previous
     if state == State.misconfigured and fingerprint in (None, _fingerprint(session, slug)):
         return False
-    _set(session, slug, State.unavailable, redact(reason), None, same=state == State.unavailable)
+    failures = _failures(session, slug)
+    _set(session, slug, State.unavailable, redact(reason), None,
+         same=state == State.unavailable, wait_s=unavailable_backoff_s(failures + 1))  # fmt: skip
     if state != State.unavailable:
         log.warning("remote.unavailable", remote=slug, reason=redact(reason))
         return True
@@ -90,16 +170,37 @@ def mark_unavailable(session: Session, slug: str, reason: str) -> bool:
 
 
 def mark_ok(session: Session, slug: str) -> bool:
-    """True when the remote recovered (it was marked unavailable or misconfigured)."""
+    """A success: True when the remote recovered (it was marked unavailable or
+    misconfigured); the breaker's count starts again either way."""
     row = session.execute(_READ, {"slug": slug}).first()
-    if row is None or row.state == State.ok:
+    if row is None or (row.state == State.ok and not row.failures):
         return False  # the common case: no lock, no write
     previous = _lock(session, slug)
-    if previous is None or previous[0] == State.ok:
+    if previous is None:
         return False
-    _set(session, slug, State.ok, None, None, same=False)
+    _set(session, slug, State.ok, None, None, same=previous[0] == State.ok, wait_s=0.0)
+    log_limiter.reset(slug)
+    if previous[0] == State.ok:
+        return False
     log.info("remote.recovered", remote=slug, previous=previous[0])
     return True
+
+
+def record_failure(session: Session, slug: str, reason: str) -> bool:
+    """Count a failed attempt at the remote that marked nothing (a file-level or unknown
+    failure); the :data:`TRIP_AFTER`-th in a row marks it unavailable. True when it did."""
+    session.execute(_ENSURE, {"slug": slug})
+    row = session.execute(_COUNT_FAILURE, {"slug": slug}).first()
+    if row is None or row.state != State.ok or row.failures < TRIP_AFTER:
+        return False
+    return mark_unavailable(
+        session, slug, f"{row.failures} failed attempts in a row; the last: {redact(reason)}"
+    )
+
+
+def request_probe(session: Session, slug: str) -> bool:
+    """Let a remote that is not ok be tried now (``remotes probe``); False when it is ok."""
+    return session.execute(_PROBE_NOW, {"slug": slug}).first() is not None
 
 
 def mark_misconfigured(session: Session, slug: str, reason: str, fingerprint: str | None) -> bool:
@@ -110,9 +211,13 @@ def mark_misconfigured(session: Session, slug: str, reason: str, fingerprint: st
     if previous is None:
         return False
     same = previous[0] == State.misconfigured and previous[1] == fingerprint
-    _set(session, slug, State.misconfigured, redact(reason), fingerprint, same=same)
-    if not same:
-        log.error("remote.misconfigured", remote=slug, reason=redact(reason))
+    marks = _failures(session, slug) + 1 if same else 1  # this mark's number in a row
+    wait_s = misconfigured_probe_s(marks)
+    _set(session, slug, State.misconfigured, redact(reason), fingerprint,
+         same=same, wait_s=wait_s, reset=not same)  # fmt: skip
+    if not same:  # a repeated mark only moves the next probe: the news was logged already
+        log.error("remote.misconfigured", remote=slug, reason=redact(reason),
+                  next_probe_s=wait_s)  # fmt: skip
     return not same
 
 
@@ -130,9 +235,18 @@ def _set(
     fingerprint: str | None,
     *,
     same: bool,
+    wait_s: float,
+    reset: bool = False,
 ) -> None:
     params = {"slug": slug, "state": str(state), "detail": detail, "fingerprint": fingerprint}
-    session.execute(_SET, {**params, "same": same})
+    session.execute(_SET, {**params, "same": same, "wait_s": wait_s, "reset": reset})
+
+
+def _failures(session: Session, slug: str) -> int:
+    value = session.execute(
+        text("SELECT failures FROM remote_status WHERE remote_slug = :slug"), {"slug": slug}
+    ).scalar()
+    return int(value or 0)
 
 
 def _fingerprint(session: Session, slug: str) -> str | None:

@@ -15,6 +15,9 @@
   is pointed elsewhere the walk starts again, and ``retargeted_at`` says when (``status`` then
   looks for recordings flagged before that are not at the new place).
 
+- ``remote_status.failures`` / ``probe_at``: the per-remote circuit breaker (failed attempts
+  in a row, and when the next attempt may be made: ``uploader/remote_state.py``).
+
 Existing success rows are taken to be at their remote's current destination (the uploader
 before this revision never changed it), and their paths are registered in
 ``remote_objects``.
@@ -54,6 +57,14 @@ def upgrade() -> None:
         ("verified_destination", "TEXT"),
     ):
         op.execute(f"ALTER TABLE pair_state ADD COLUMN IF NOT EXISTS {column} {sql_type}")
+    op.execute("ALTER TABLE remote_status ADD COLUMN IF NOT EXISTS probe_at TIMESTAMPTZ")
+    op.execute(
+        "ALTER TABLE remote_status ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0"
+    )
+    # a remote marked before the breaker existed is probed a minute after the upgrade
+    op.execute(
+        "UPDATE remote_status SET probe_at = now() + interval '1 minute' WHERE state <> 'ok'"
+    )
     op.execute("ALTER TABLE remote_cursor ADD COLUMN IF NOT EXISTS destination TEXT")
     op.execute("ALTER TABLE remote_cursor ADD COLUMN IF NOT EXISTS retargeted_at TIMESTAMPTZ")
 
@@ -137,6 +148,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS remote_objects")
+    op.execute("ALTER TABLE remote_status DROP COLUMN IF EXISTS probe_at")
+    op.execute("ALTER TABLE remote_status DROP COLUMN IF EXISTS failures")
     op.execute("ALTER TABLE remote_cursor DROP COLUMN IF EXISTS destination")
     op.execute("ALTER TABLE remote_cursor DROP COLUMN IF EXISTS retargeted_at")
     for column in (

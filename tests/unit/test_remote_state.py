@@ -14,7 +14,7 @@ from uploader.remote_state import State
 
 def test_mark_ok_on_a_healthy_remote_only_reads() -> None:
     session = MagicMock()
-    session.execute.return_value.first.return_value = SimpleNamespace(state="ok")
+    session.execute.return_value.first.return_value = SimpleNamespace(state="ok", failures=0)
     assert not remote_state.mark_ok(session, "nextcloud")
     assert session.execute.call_count == 1
     (statement, _params), _ = session.execute.call_args

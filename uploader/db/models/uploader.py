@@ -199,6 +199,10 @@ class RemoteStatus(Base):
     )
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     config_fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: failed attempts in a row (any kind) since the last success: the breaker's count
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    #: the next attempt at a remote that is not ok may be made from then on
+    probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
