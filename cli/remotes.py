@@ -32,7 +32,7 @@ from cli.operator_common import (
     operator_session,
     warn,
 )
-from uploader import audit_logger, leases, retarget
+from uploader import audit_logger, leases, remote_state, retarget
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
 from uploader.destination import destination_of
@@ -546,6 +546,32 @@ def _validate(slug: str, remote_type: str, config: dict[str, Any], target_path: 
             f"remote {slug!r}: a local remote writes into --target-path, which must be an "
             f"absolute folder on this station (e.g. /mnt/usb); nothing was saved"
         )
+
+
+# -- probe ----------------------------------------------------------------------------------
+
+
+@remotes.command()
+@click.argument("slug")
+@json_option
+def probe(slug: str, as_json: bool) -> None:
+    """Try remote SLUG again now, when it is marked misconfigured or unavailable (after a fix on
+    the server's side): one probe pair at the next dispatch, instead of at its next scheduled
+    probe (misconfigured remotes are probed after 1, 5, 15, then every 60 minutes)."""
+    with operator_session() as session:
+        _get(session, slug)
+        state = remote_state.get_state(session, slug)
+        probing = remote_state.request_probe(session, slug)
+    effects = after_change() if probing else RedisEffects()
+    if probing:
+        line = (
+            f"remote {slug!r} ({state.state}) is probed with one pair at the next dispatch; "
+            "`silvasonic-uploader status` shows the outcome"
+        )
+    else:
+        line = f"remote {slug!r} is ok: nothing to probe"
+    _report(as_json, {"slug": slug, "action": "probe", "state": str(state.state),
+                      "probing": probing}, effects, line)  # fmt: skip
 
 
 # -- activate / deactivate / remove ---------------------------------------------------------

@@ -82,6 +82,7 @@ def status_json(report: StationStatus) -> dict[str, Any]:
     return {
         "generated_at": iso(report.now),
         "settings": settings_summary(report.settings),
+        "settings_error": report.settings_error,
         "window_open": report.window_open,
         "janitor_gate": report.janitor_gate,
         "required": list(report.required),
@@ -124,6 +125,7 @@ def _remote_json(report: StationStatus, r: RemoteProgress) -> dict[str, Any]:
         "last_success_at": iso(r.last_success_at),
         "uploads_last_hour": r.uploads_last_hour,
         "failures_last_hour": r.failures_last_hour,
+        "next_probe_at": iso(r.next_probe_at),
         "only_at_earlier_destination": r.only_at_earlier_destination,
         "only_at_earlier_destination_ids": list(r.only_at_earlier_destination_ids),
     }
@@ -155,7 +157,13 @@ def _oldest_json(report: StationStatus, oldest: OldestIncomplete | None) -> dict
 
 
 def render(report: StationStatus) -> str:
-    lines = [f"silvasonic-uploader status at {short_time(report.now)}", _settings_line(report)]
+    lines = [f"silvasonic-uploader status at {short_time(report.now)}"]
+    if report.settings_error:
+        lines.append(
+            f"SETTINGS INVALID — nothing is uploaded until it is fixed: {report.settings_error}"
+        )
+    else:
+        lines.append(_settings_line(report))
     lines.append("")
     if report.remotes:
         lines.extend(_remote_table(report))
@@ -213,6 +221,11 @@ def _remote_table(report: StationStatus) -> list[str]:
             parts.append(f"unavailable since {short_time(r.unavailable_since)} ({age})")
         if r.detail:
             parts.append(r.detail)
+        if r.next_probe_at is not None:
+            parts.append(
+                f"next probe {short_time(r.next_probe_at)} (or now: "
+                f"`silvasonic-uploader remotes probe {r.slug}`)"
+            )
         if parts:
             notes[r.slug] = ": ".join(parts)
         if r.only_at_earlier_destination:

@@ -18,6 +18,8 @@ from tasks.runtime import get_runtime
 from uploader import audit_logger, leases
 from uploader.db.session import session_scope
 from uploader.dispatcher import CycleResult, claim_work
+from uploader.errors import SettingsInvalid
+from uploader.log_limiter import log_limited
 
 log = structlog.get_logger(__name__)
 DISCOVERY_KEY = "silvasonic:uploader:discovery"
@@ -90,7 +92,11 @@ def dispatch_pending() -> int:
     with session_scope() as s:
         from uploader.settings import load_station_settings
 
-        poll = load_station_settings(s).uploader.poll_interval
+        try:
+            poll = load_station_settings(s).uploader.poll_interval
+        except SettingsInvalid as exc:  # status says it too; nothing is sent meanwhile
+            log_limited(log.error, "dispatch.settings_invalid", "station", reason=str(exc))
+            return 0
     if not _discovery_due(poll):
         return 0
     with session_scope() as s:

@@ -54,6 +54,8 @@ class ActiveRemotes:
     required: tuple[RemoteRef, ...]
     running: tuple[RemoteRef, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    #: running only for the probe pair its breaker let go: still marked misconfigured
+    probing: tuple[str, ...] = field(default=())
 
     @property
     def required_slugs(self) -> tuple[str, ...]:
@@ -66,17 +68,25 @@ class ActiveRemotes:
 
 def misconfiguration(session: Session, remote: StorageRemote) -> str | None:
     """Why this remote cannot run, or None. Static validation first, then a worker's mark
-    (which holds only while the config is the one it was set under)."""
+    (which holds only while the config is the one it was set under, and lets the remote run
+    for one probe pair once its breaker says so)."""
     try:
         validate_remote_config(remote.slug, remote.type, remote.config or {})
     except RemoteConfigInvalid as exc:
         return exc.reason
-    status = session.get(RemoteStatus, remote.slug)
-    if status is not None and status.state == "misconfigured":
-        current = config_fingerprint(remote.type, remote.config or {}, remote.target_path)
-        if status.config_fingerprint in (None, current) and not _probe_due(session, status):
-            return status.detail or "marked misconfigured by its worker"
+    status = _holding_mark(session, remote)
+    if status is not None and not _probe_due(session, status):
+        return status.detail or "marked misconfigured by its worker"
     return None
+
+
+def _holding_mark(session: Session, remote: StorageRemote) -> RemoteStatus | None:
+    """The worker's misconfigured mark, while the config is the one it was set under."""
+    status = session.get(RemoteStatus, remote.slug)
+    if status is None or status.state != "misconfigured":
+        return None
+    current = config_fingerprint(remote.type, remote.config or {}, remote.target_path)
+    return status if status.config_fingerprint in (None, current) else None
 
 
 def _probe_due(session: Session, status: RemoteStatus) -> bool:
@@ -96,6 +106,7 @@ def active_remotes(session: Session, settings: StationSettings | None = None) ->
     skipped = [Skipped(r.slug, SkipReason.over_cap, f"system.max_uploaders is {cap}") for r in over]
     required: list[RemoteRef] = []
     running: list[RemoteRef] = []
+    probing: list[str] = []
     for row in required_rows:
         ref = RemoteRef(row.slug, row.type, row.name, row.target_path)
         required.append(ref)
@@ -106,7 +117,9 @@ def active_remotes(session: Session, settings: StationSettings | None = None) ->
             skipped.append(Skipped(row.slug, SkipReason.paused, "uploader.enabled is false"))
         else:
             running.append(ref)
-    return ActiveRemotes(tuple(required), tuple(running), tuple(skipped))
+            if _holding_mark(session, row) is not None:
+                probing.append(row.slug)
+    return ActiveRemotes(tuple(required), tuple(running), tuple(skipped), tuple(probing))
 
 
 def required_slugs(session: Session, settings: StationSettings | None = None) -> tuple[str, ...]:

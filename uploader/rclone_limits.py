@@ -8,6 +8,7 @@ task can set its soft time limit above :func:`hard_limit_s` for the largest file
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -20,13 +21,28 @@ HARD_LIMIT_FACTOR = 3.0
 #: is a ceiling, not a promise; 64 KiB/s is a poor GSM uplink
 LINK_FLOOR_BPS = 64 * 1024
 
-# rclone's size suffixes; a bare number means KiB/s for --bwlimit
-_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_RATE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>[bkmgtp](?:i|ib)?)?$", re.IGNORECASE)
-_SLOT_RE = re.compile(
-    r"^(?:(?P<day>mon|tue|wed|thu|fri|sat|sun)-)?(?P<hh>[01]\d|2[0-3]):(?P<mm>[0-5]\d),(?P<rate>.+)$",
+# rclone's grammar for --bwlimit (fs.BwTimetable and fs.SizeSuffix of rclone 1.75), checked
+# value by value against the binary (tests/integration/test_bwlimit_grammar.py): a number as Go
+# parses floats (sign, decimals, exponent), then one optional suffix B/K/M/G/T/P/E, optionally
+# followed by "i" or "iB"; a bare number means KiB/s.
+_UNITS = {
+    "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60,
+}  # fmt: skip
+_RATE_RE = re.compile(
+    r"^(?P<num>\+?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(?P<unit>[bkmgtpe](?:i|ib)?)?$",
     re.IGNORECASE,
 )
+_DAY = (
+    r"mon(?:day)?|tue(?:sday)?|wed(?:nesday)?|thu(?:rsday)?|fri(?:day)?|sat(?:urday)?"
+    r"|sun(?:day)?"
+)
+_SLOT_RE = re.compile(
+    rf"^(?:(?P<day>{_DAY})-)?(?P<hh>[01]\d|2[0-3]):(?P<mm>[0-5]\d),(?P<rate>.+)$",
+    re.IGNORECASE,
+)
+#: the largest rate kept as a number (bytes/s); rclone takes anything finite, which above
+#: this is no limit in practice
+_MAX_BPS = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -54,22 +70,27 @@ def _rate_bps(text: str, whole: str) -> int | None:
     m = _RATE_RE.match(first)
     assert m is not None
     unit = (m.group("unit") or "k")[0].lower()  # rclone's default unit for --bwlimit is KiB/s
-    bps = int(float(m.group("num")) * _UNITS[unit])
+    number = float(m.group("num"))
+    if not math.isfinite(number):
+        raise SettingsInvalid("uploader", "bandwidth_limit", f"{whole[:40]!r}…: not a number")
+    bps = int(min(number * _UNITS[unit], _MAX_BPS))
     return bps or None
 
 
 def parse_bwlimit(value: str | None) -> BandwidthLimit:
     """Validate a bandwidth limit in rclone's syntax; refuse garbage with :class:`SettingsInvalid`.
 
-    Accepted: None/empty/``off``/``0`` (no limit), a rate (``1M``, ``500k``, ``512`` = KiB/s,
-    ``1.5MiB``, ``UP:DOWN`` like ``1M:off``), or a timetable of ``[Day-]HH:MM,RATE`` slots
-    separated by spaces (``"08:00,512k 19:00,off"``, ``"Mon-08:00,1M Sat-00:00,off"``). A subset
-    of what rclone accepts, so whatever passes here rclone takes too.
+    Accepted exactly what rclone's ``--bwlimit`` accepts (one grammar, tested against the
+    binary): ``off``/``0`` (no limit), a rate (``1M``, ``500k``, ``512`` = KiB/s, ``1.5MiB``,
+    ``1e3``, ``UP:DOWN`` like ``1M:off``), or a timetable of ``[Day-]HH:MM,RATE`` slots separated
+    by single spaces (``"08:00,512k 19:00,off"``, ``"Mon-08:00,1M Sat-00:00,off"``). Plus None or
+    the empty string for "no limit" (no flag is passed then). Anything else — ``fast``,
+    ``1M; rm -rf /``, ``--config=…``, padding spaces — raises :class:`SettingsInvalid`.
     """
-    text = (value or "").strip()
+    text = value or ""
     if not text or text.lower() == "off":
         return BandwidthLimit(None, None)
-    slots = text.split()
+    slots = text.split(" ")
     if len(slots) == 1 and "," not in text:
         bps = _rate_bps(text, text)
         return BandwidthLimit(text if bps else None, bps)

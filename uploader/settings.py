@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,6 +44,23 @@ class UploaderSettings(BaseModel):
     # ours (design.md §2, §5): parking of pairs whose file keeps failing
     max_file_attempts: int = Field(default=3, ge=1, le=100)
     park_window_hours: int = Field(default=24, ge=1, le=24 * 365)
+
+    @field_validator("bandwidth_limit")
+    @classmethod
+    def _rclone_grammar(cls, value: str) -> str:
+        """rclone's own ``--bwlimit`` grammar (``uploader.rclone_limits``), checked when the
+        settings are read: a value rclone would refuse pauses uploading with one clear
+        message in ``status``, instead of failing every pair at the remote."""
+        from uploader.rclone_limits import parse_bwlimit
+
+        try:
+            parse_bwlimit(value)
+        except SettingsInvalid:
+            raise ValueError(
+                "not a value rclone's --bwlimit accepts (e.g. '1M', '500k', 'off', "
+                "'08:00,512k 19:00,off')"
+            ) from None
+        return value
 
 
 class SystemSettings(BaseModel):

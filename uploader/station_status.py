@@ -23,8 +23,14 @@ from sqlalchemy.orm import Session
 from uploader import leases, remote_state, retarget, work_poller
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.destination import current_one as current_destination
+from uploader.errors import SettingsInvalid
 from uploader.schedule import is_within_window
-from uploader.settings import StationSettings, load_station_settings
+from uploader.settings import (
+    StationSettings,
+    SystemSettings,
+    UploaderSettings,
+    load_station_settings,
+)
 
 #: Newest ``uploads`` rows read for "last success" and "uploads in the last hour": one walk of
 #: the primary key backwards, for every remote at once. 50,000 attempts cover an hour at
@@ -75,6 +81,8 @@ class RemoteProgress:
     #: destination (it was pointed elsewhere; ``uploader.retarget``): how many, the first ids
     only_at_earlier_destination: int = 0
     only_at_earlier_destination_ids: tuple[int, ...] = ()
+    #: a remote that is not ok: when the breaker lets the next probe pair go (None: at once)
+    next_probe_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,9 @@ class StationStatus:
     recordings: RecordingCounts
     oldest_incomplete: OldestIncomplete | None
     audit: AuditWindow
+    #: the station settings could not be read (an invalid ``system_config`` field): the
+    #: dispatcher sends nothing until it is fixed; ``settings`` are then the defaults
+    settings_error: str | None = None
 
 
 _NOW = text("SELECT now()")
@@ -188,7 +199,12 @@ def station_status(session: Session, *, audit_rows: int = AUDIT_WINDOW_ROWS) -> 
     """Read everything ``status`` shows. Call it in a read-only transaction (one snapshot:
     REPEATABLE READ makes the numbers agree with each other)."""
     now: datetime = session.execute(_NOW).scalar_one()
-    settings = load_station_settings(session)
+    settings_error: str | None = None
+    try:
+        settings = load_station_settings(session)
+    except SettingsInvalid as exc:
+        settings_error = str(exc)
+        settings = StationSettings(uploader=UploaderSettings(), system=SystemSettings())
     active = active_remotes(session, settings)
     up = settings.uploader
     window_open = is_within_window(up.schedule_start_hour, up.schedule_end_hour, now)
@@ -209,6 +225,7 @@ def station_status(session: Session, *, audit_rows: int = AUDIT_WINDOW_ROWS) -> 
         recordings=RecordingCounts(int(on_disk), int(on_disk) - int(incomplete), int(incomplete)),
         oldest_incomplete=_oldest_incomplete(session, {r.slug: r for r in remotes}),
         audit=audit,
+        settings_error=settings_error,
     )
 
 
@@ -218,8 +235,8 @@ def remote_health(active: ActiveRemotes, slug: str, marked: remote_state.State) 
     reasons = {s.reason for s in active.skipped if s.slug == slug}
     if SkipReason.over_cap in reasons:
         return RemoteHealth.over_cap
-    if SkipReason.misconfigured in reasons:
-        return RemoteHealth.misconfigured
+    if SkipReason.misconfigured in reasons or slug in active.probing:
+        return RemoteHealth.misconfigured  # (the latter: its probe pair is due or under way)
     if SkipReason.paused in reasons:
         return RemoteHealth.paused
     if marked is remote_state.State.unavailable:
@@ -270,6 +287,7 @@ def _progress(
         failures_last_hour=failed_hour,
         only_at_earlier_destination=stranded,
         only_at_earlier_destination_ids=stranded_ids,
+        next_probe_at=marked.probe_at if marked.state is not remote_state.State.ok else None,
     )
 
 
