@@ -15,6 +15,7 @@ import sys
 from typing import TextIO
 
 import structlog
+import structlog.tracebacks
 from structlog.typing import EventDict
 
 # A process started as ``celery -A tasks worker|beat`` (the dispatcher's two children) has no
@@ -57,12 +58,22 @@ def configure_logging(
     shared: list[structlog.typing.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks,
     ]
+    # Tracebacks never carry local variables (structlog's default does: a frame holding a
+    # DSN or a password would be logged verbatim). The console renderer formats exc_info
+    # itself and must not get the JSON form (a list): every task failure crashed it
+    # ("can only concatenate str (not "list") to str") with a screenful of "Logging error".
     if development_mode():
-        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(colors=False)
+        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         shared.insert(0, lambda _l, _m, ev: {**ev, "service": service})
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer()
     out = stream or sys.stdout
     structlog.configure(

@@ -107,3 +107,48 @@ def test_development_mode_renders_console_lines(monkeypatch: pytest.MonkeyPatch)
     assert "lost" in theirs and "[warning" in theirs and "kombu" in theirs
     with pytest.raises(json.JSONDecodeError):
         json.loads(ours)
+
+
+def test_json_tracebacks_carry_no_local_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    import structlog
+
+    from uploader.logs import configure_logging
+
+    monkeypatch.setenv("SILVASONIC_DEVELOPMENT_MODE", "false")
+    out = io.StringIO()
+    configure_logging("uploader", stream=out)
+
+    def connect() -> None:
+        dsn = "postgresql://station:Hunter2-never-logged@db/silvasonic"
+        raise ConnectionError(f"cannot reach {dsn.split('@')[1]}")
+
+    try:
+        connect()
+    except ConnectionError:
+        structlog.get_logger("t").exception("db.unreachable")
+        logging.getLogger("celery.app.trace").error("Task failed", exc_info=True)
+    text = out.getvalue()
+    assert text.count("ConnectionError") >= 2  # the traceback is there, twice
+    assert "Hunter2-never-logged" not in text
+
+
+def test_console_logs_render_a_library_record_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import logging
+
+    from uploader.logs import configure_logging
+
+    monkeypatch.setenv("SILVASONIC_DEVELOPMENT_MODE", "true")
+    out = io.StringIO()
+    configure_logging("uploader", stream=out)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("celery.app.trace").error("Task x raised", exc_info=True)
+    assert "Traceback" in out.getvalue() and "RuntimeError: boom" in out.getvalue()
+    assert "Logging error" not in capsys.readouterr().err
