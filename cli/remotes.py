@@ -55,7 +55,10 @@ from uploader.secrets import (
     load_encryption_key,
 )
 
-_HAS_AUDIT = text("SELECT EXISTS (SELECT 1 FROM uploads WHERE remote_slug = :slug)")
+_AUDIT_OF = text(
+    "SELECT count(*) FILTER (WHERE success) AS successes, count(*) AS attempts "
+    "FROM uploads WHERE remote_slug = :slug"
+)
 
 secrets_from_stdin_option = click.option(
     "--secrets-from-stdin",
@@ -211,9 +214,12 @@ def add(
     with operator_session(read_only=True) as session:  # before anyone types a secret
         _refuse_existing(session, slug)
     wanted = _required_secret_fields(spec) | _checked_names(secret_names, remote_type, spec)
+    # the options are checked before anyone types a secret, and the secrets before any
+    # warning about how they will be stored: a refused remote prints only why it was refused
+    _validate(slug, remote_type, {**config, **dict.fromkeys(wanted, "(secret)")}, target_path)
     supplied = _read_secrets(slug, remote_type, spec, wanted, secrets_from_stdin)
+    _validate(slug, remote_type, {**config, **supplied}, target_path)
     config.update(_store_secrets(supplied, key))
-    _validate(slug, remote_type, config, target_path)
     with operator_session() as session:
         _refuse_existing(session, slug)
         session.add(
@@ -305,18 +311,18 @@ def set_cmd(
     patch = parse_options(options, remote_type, spec)
     wanted = _checked_names(secret_names, remote_type, spec)
     supplied = _read_secrets(slug, remote_type, spec, wanted, secrets_from_stdin)
-    patch.update(_store_secrets(supplied, key))
     with operator_session() as session:
         row = _get(session, slug)
-        config = {**(row.config or {}), **patch}
+        config = {**(row.config or {}), **patch, **supplied}
         for field in unset:
             if config.pop(field, None) is None:
                 raise click.BadParameter(f"{field!r} is not set", param_hint="--unset")
-        encrypted_now = _encrypt_in_place(config, spec, key) if encrypt_secrets else []
         new_target = row.target_path
         if clear_target_path or target_path is not None:
             new_target = None if clear_target_path else target_path
-        _validate(slug, remote_type, config, new_target)
+        _validate(slug, remote_type, config, new_target)  # before any warning
+        config.update(_store_secrets(supplied, key))
+        encrypted_now = _encrypt_in_place(config, spec, key) if encrypt_secrets else []
         old_dest = destination_of(remote_type, row.config or {}, row.target_path)
         new_dest = destination_of(remote_type, config, new_target)
         if moved and old_dest == new_dest:
@@ -629,13 +635,15 @@ def deactivate(slug: str, as_json: bool) -> None:
 @click.argument("slug")
 @json_option
 def remove(slug: str, as_json: bool) -> None:
-    """Delete remote SLUG - only one without audit rows (the audit is immutable)."""
+    """Delete remote SLUG - only one that never received a recording (no success row). Its
+    failed attempts stay in the audit, which is never rewritten."""
     with operator_session() as session:
         row = _get(session, slug)
-        if session.execute(_HAS_AUDIT, {"slug": slug}).scalar_one():
+        audit = session.execute(_AUDIT_OF, {"slug": slug}).one()
+        if audit.successes:
             raise click.ClickException(
-                f"remote {slug!r} has upload attempts in the audit (uploads), which is never "
-                f"rewritten, so it cannot be removed; deactivate it instead: "
+                f"remote {slug!r} holds {audit.successes} uploaded recording(s) (success rows "
+                f"in the audit), so it cannot be removed; deactivate it instead: "
                 f"silvasonic-uploader remotes deactivate {slug}"
             )
         was_active = bool(row.is_active)
@@ -643,12 +651,19 @@ def remove(slug: str, as_json: bool) -> None:
         session.flush()
         completed = audit_logger.recompute_uploaded(session) if was_active else 0
     effects = after_change(purge_slug=slug)
+    line = f"remote {slug!r} removed"
+    if audit.attempts:
+        line += (
+            f"; its {audit.attempts} failed attempt(s) stay in the audit: SELECT attempt_at, "
+            f"error_kind, error_message FROM uploads WHERE remote_slug = '{slug}'"
+        )
     _report(
         as_json,
-        {"slug": slug, "action": "removed", "recordings_completed": completed},
+        {"slug": slug, "action": "removed", "recordings_completed": completed,
+         "failed_attempts_kept": int(audit.attempts)},
         effects,
-        f"remote {slug!r} removed",
-    )
+        line,
+    )  # fmt: skip
 
 
 def _get(session: Session, slug: str) -> StorageRemote:

@@ -52,7 +52,9 @@ RECORDINGS = {
 UPLOADS = {
     "id": Col(BIGINT, False, pk=True, identity=True),
     "recording_id": Col(BIGINT, False, fk="recordings.id"),
-    "remote_slug": Col(TEXT, False, fk="storage_remotes.slug"),
+    # SEED-ERA has a foreign key to storage_remotes.slug; migration 0004 drops it (the audit
+    # outlives its remotes: a remote that only ever failed can be removed, its rows stay)
+    "remote_slug": Col(TEXT, False),
     "attempt_at": Col(TSTZ, False),
     "filename": Col(TEXT, False),
     "size": Col(BIGINT, False),

@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from uploader.errors import RemoteConfigInvalid, SecretUnavailable
 from uploader.secrets import SecretError, decrypt_value, is_encrypted, load_encryption_key
@@ -58,14 +59,16 @@ RESERVED_SLUGS = frozenset(
         "all",
     }
 )
-_SLUG_RE = re.compile(r"^[a-z0-9-]{1,40}$")
+# starts with a letter or digit: "-x" or "---" would read as an option to every command
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 def validate_remote_slug(slug: str) -> str:
     """Return ``slug`` if it is a usable remote slug, else raise ValueError saying why."""
     if not _SLUG_RE.fullmatch(slug or ""):
         raise ValueError(
-            f"remote slug {slug!r} must be 1-40 characters of lowercase letters, digits and '-'"
+            f"remote slug {slug!r} must be 1-40 characters of lowercase letters, digits and "
+            "'-', starting with a letter or a digit"
         )
     if slug in RESERVED_SLUGS:
         raise ValueError(f"remote slug {slug!r} is reserved by the Silvasonic stack; pick another")
@@ -76,11 +79,29 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, populate_by_name=True)
 
 
+def _http_url(value: str | None) -> str | None:
+    """An http(s) URL with a host and no credentials in it; the message never repeats the
+    value (it may hold a password)."""
+    if value is None:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "must not hold credentials (user:password@): store them with --secret user and "
+            "--secret pass (or the web UI's secret fields)"
+        )
+    return value
+
+
 class WebDAVConfig(_Schema):
     url: str
     user: str
     pass_: str = Field(alias="pass")
     vendor: str | None = None
+
+    _url = field_validator("url")(_http_url)
 
 
 class S3Config(_Schema):
@@ -90,6 +111,8 @@ class S3Config(_Schema):
     region: str | None = None
     acl: str = "private"
     provider: str | None = None
+
+    _endpoint = field_validator("endpoint")(_http_url)
 
 
 class SFTPConfig(_Schema):

@@ -9,6 +9,9 @@
 - ``pair_state``: what the encode step recorded (``flac_*``) and what the upload step
   verified (``verified_*``), each under the lease token that wrote it. The audit step writes
   a success row only from these, never from its message.
+- ``uploads.remote_slug`` loses its foreign key to ``storage_remotes``: the audit outlives
+  the remotes it names, so a remote that only ever failed can be removed and its failure rows
+  stay readable.
 - ``remote_objects``: which recording owns which object path at which destination; a second
   recording mapped to the same path gets ``<stem>~<id>.flac`` instead of overwriting.
 - ``remote_cursor.destination``: the destination the cursor was walked for; when the remote
@@ -84,6 +87,16 @@ def upgrade() -> None:
             {"dest": dest, "slug": slug},
         )
 
+    # the audit outlives the remotes it names: a remote that only ever failed (a typo, a
+    # wrong URL) may be removed while its failure rows stay readable (`remotes remove`)
+    for (name,) in bind.execute(
+        sa.text(
+            "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+            "AND conrelid = 'uploads'::regclass AND confrelid = 'storage_remotes'::regclass"
+        )
+    ).all():
+        op.execute(f'ALTER TABLE uploads DROP CONSTRAINT "{name}"')
+
     duplicates = bind.execute(
         sa.text(
             "SELECT 1 FROM uploads WHERE success "
@@ -147,6 +160,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(
+        "ALTER TABLE uploads ADD CONSTRAINT uploads_remote_slug_fkey FOREIGN KEY (remote_slug) "
+        "REFERENCES storage_remotes(slug) NOT VALID"
+    )
     op.execute("DROP TABLE IF EXISTS remote_objects")
     op.execute("ALTER TABLE remote_status DROP COLUMN IF EXISTS probe_at")
     op.execute("ALTER TABLE remote_status DROP COLUMN IF EXISTS failures")

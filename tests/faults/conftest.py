@@ -50,6 +50,40 @@ class FaultResult:
 RESULTS: list[FaultResult] = []
 
 
+@dataclass
+class MistakeResult:
+    """One row of the "operator mistakes" table (tests/faults/test_operator_mistakes.py)."""
+
+    mistake: str
+    attempts_per_min: float = -1.0  # failure rows in the audit (one per attempt), a minute
+    audit_rows: int = -1
+    state: str = "-"  # what status showed
+    seconds_to_show: float = -1.0
+    log_bytes_per_min: float = -1.0
+    seconds_to_recover: float | None = None  # None: nothing to fix (e.g. a pair parked)
+    outcome: str = "failed"
+    note: str = ""
+
+
+MISTAKES: list[MistakeResult] = []
+
+
+def format_mistakes(results: list[MistakeResult]) -> str:
+    head = ("mistake", "attempts/min", "audit rows", "status shows", "s to show",
+            "log B/min", "s to recover", "outcome")  # fmt: skip
+    rows = [
+        (r.mistake, f"{r.attempts_per_min:.0f}", str(r.audit_rows), r.state,
+         f"{r.seconds_to_show:.1f}", f"{r.log_bytes_per_min:.0f}",
+         "-" if r.seconds_to_recover is None else f"{r.seconds_to_recover:.1f}", r.outcome)
+        for r in results
+    ]  # fmt: skip
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
 def format_table(results: list[FaultResult]) -> str:
     head = ("fault", "pairs", "lost", "dup. success rows", "early flags", "s to drain", "outcome")
     rows = [
@@ -65,14 +99,20 @@ def format_table(results: list[FaultResult]) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not RESULTS:
-        return
-    table = format_table(RESULTS)
-    terminalreporter.section("fault injection: every pair uploaded, once, never flagged early")
-    terminalreporter.write_line(table)
+    tables = []
+    if RESULTS:
+        table = format_table(RESULTS)
+        terminalreporter.section("fault injection: every pair uploaded, once, never flagged early")
+        terminalreporter.write_line(table)
+        tables.append(table)
+    if MISTAKES:
+        table = format_mistakes(MISTAKES)
+        terminalreporter.section("operator mistakes: bounded attempts, one clear state, healed")
+        terminalreporter.write_line(table)
+        tables.append(table)
     path = os.environ.get(REPORT_ENV)
-    if path:
-        Path(path).write_text(table + "\n")
+    if path and tables:
+        Path(path).write_text("\n\n".join(tables) + "\n")
 
 
 @contextlib.contextmanager

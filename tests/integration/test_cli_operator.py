@@ -465,13 +465,13 @@ def test_deactivate_purges_the_queue_releases_leases_and_completes_recordings(
     client.close()
 
 
-def test_remove_refuses_while_audit_rows_reference_the_remote(
+def test_remove_refuses_while_the_remote_holds_uploaded_recordings(
     env: pytest.MonkeyPatch, factory: sessionmaker[Session]
 ) -> None:
     with factory() as s:
         make_remote(s, "nas")
         make_remote(s, "spare")
-        make_upload(s, make_recording(s).id, "nas", success=False)
+        make_upload(s, make_recording(s).id, "nas", success=True)
         s.commit()
 
     refused = run(["remotes", "remove", "nas"])

@@ -63,9 +63,8 @@ class Upload(Base):
     recording_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("recordings.id"), nullable=False, index=True
     )
-    remote_slug: Mapped[str] = mapped_column(
-        Text, ForeignKey("storage_remotes.slug"), nullable=False, index=True
-    )
+    # no foreign key since migration 0004: the audit outlives the remotes it names
+    remote_slug: Mapped[str] = mapped_column(Text, nullable=False, index=True)
     # SEED-ERA has no SQL default; always written explicitly (the database's now()).
     attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     filename: Mapped[str] = mapped_column(Text, nullable=False)
