@@ -274,17 +274,9 @@ def _verified(
     encoded: Encoded,
     result: RcloneResult,
 ) -> dict[str, Any]:
-    """Check what was sent and what landed on the remote, then record it as the evidence the
-    audit step needs. The local FLAC is checked again first: on a remote that proves by size
-    alone, bytes swapped in during the transfer would otherwise pass."""
+    """Check what landed on the remote (and, where the remote has no md5, what was sent),
+    then record it as the evidence the audit step needs."""
     rt = get_runtime()
-    try:
-        if checked_flac(rt.ctx, job, encoded) is None:
-            raise FlacChanged(
-                "the FLAC vanished during its transfer", recording_id=pair.recording_id
-            )
-    except FlacChanged as exc:
-        _retry_after_temp_problem(self, pair, settings, exc)
     verification = client.verify_upload(
         flac_path_for(rt.ctx, job),
         encoded.remote_path,
@@ -302,6 +294,14 @@ def _verified(
             verification.error_kind,
         )
         _failed(self, pair, job, settings, encoded, failed)
+    if verification.check != "md5":  # the remote's md5 equal to the recorded one proves the
+        try:  # bytes; else bytes swapped in during the transfer would pass a size or sha1 check
+            if checked_flac(rt.ctx, job, encoded) is None:
+                raise FlacChanged(
+                    "the FLAC vanished during its transfer", recording_id=pair.recording_id
+                )
+        except FlacChanged as exc:
+            _retry_after_temp_problem(self, pair, settings, exc)
     with session_scope() as s:
         recorded = evidence.record_verified(
             s, pair.recording_id, pair.remote_slug, pair.token, encoded, verification.check

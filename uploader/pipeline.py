@@ -239,8 +239,12 @@ def claim_object(session: Session, job: PairJob, token: str, flac: FlacFile) -> 
     return encoded if recorded else None
 
 
-def checked_flac(ctx: WorkerContext, job: PairJob, encoded: Encoded) -> FlacFile | None:
-    """The pair's FLAC in the worker's own temp dir, exactly as the encode step recorded it.
+def checked_flac(
+    ctx: WorkerContext, job: PairJob, encoded: Encoded, *, hashed: bool = True
+) -> FlacFile | None:
+    """The pair's FLAC in the worker's own temp dir, exactly as the encode step recorded it
+    (size, and md5 unless ``hashed=False``: the encode step's own start of the transfer, a
+    moment after it hashed the file; what is sent is verified afterwards in any case).
 
     None when it is gone (the caller encodes again). Raises :class:`FlacChanged` when it
     differs in size or md5 from the record (it is removed first: something other than the
@@ -253,6 +257,8 @@ def checked_flac(ctx: WorkerContext, job: PairJob, encoded: Encoded) -> FlacFile
         size = path.stat().st_size
     except FileNotFoundError:
         return None
+    if not hashed and size == encoded.size:
+        return FlacFile(path, size, encoded.md5)
     md5 = flac_encoder.file_md5(path) if size == encoded.size else ""
     if size != encoded.size or md5 != encoded.md5:
         cleanup(ctx, job.recording_id)
@@ -276,7 +282,7 @@ def start_transfer(
 ) -> PendingUpload | None:
     """Start the pair's upload now, without waiting (rcd only; None when it cannot be started
     here — the upload step then runs its own). Only the FLAC the encode step recorded."""
-    flac = checked_flac(ctx, job, encoded)
+    flac = checked_flac(ctx, job, encoded, hashed=False)
     if flac is None:
         return None
     return client.begin_upload(flac.path, encoded.remote_path, job.bandwidth_limit)

@@ -222,8 +222,10 @@ def test_invalid_bandwidth(row_factory: Callable[[dict[str, Any]], Row], fault_d
 def test_over_long_path(row_factory: Callable[[dict[str, Any]], Row], fault_dir: Path) -> None:
     with _webdav(fault_dir, "pw-" + secrets.token_hex(6)) as (config, _):
         row = row_factory({"type": "webdav", "config": config, "target_path": "archive"})
-        with Session(row.engine) as s:
-            make_recording(s, file_raw="mic/" + "x" * 300 + ".wav", duration=1.0)
+        with Session(row.engine) as s:  # its folder exists, its name is too long for it
+            rec = make_recording(s, duration=1.0)
+            folder = rec.file_raw.rsplit("/", 1)[0]
+            rec.file_raw = f"{folder}/{'x' * 300}.wav"
             s.commit()
         _measure(row, "over-long file_raw", None, expect="1 parked")
         assert row.flagged() == len(row.good)  # the others are not held up

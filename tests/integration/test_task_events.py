@@ -116,3 +116,24 @@ def test_switched_off_a_worker_sends_none_until_a_monitor_asks(
         assert wait_until(lambda: "task-succeeded" in tap.task_events_from(WORKER), 90)
     finally:
         app.close()
+
+
+def test_a_step_that_ends_early_reaches_a_final_state_in_flower(
+    engine: Engine, stack: Stack, tap: EventTap, tmp_path: Path
+) -> None:
+    """A stale lease ends the chain at its first step: Flower must see the task finish (it
+    raised Ignore before, and stayed STARTED for good), with an outcome and no path."""
+    ids = seed_station(
+        engine, stack.workspace, recordings=1, remotes={"archive": _archive(tmp_path)},
+        uploader={"enabled": False},
+    )  # fmt: skip
+    stack.start_worker("archive")
+    app = Celery(broker=stack.redis_url)
+    try:
+        stale = "00000000-0000-0000-0000-000000000001"
+        app.send_task("uploader.encode", args=[ids[0], "archive", stale], queue="upload.archive")
+        assert wait_until(lambda: "task-succeeded" in tap.task_events_from(WORKER), 60)
+    finally:
+        app.close()
+    succeeded = [e for e in tap.events if e.get("type") == "task-succeeded"]
+    assert "outcome" in str(succeeded[0].get("result")) and "/" not in str(succeeded[0]["result"])
