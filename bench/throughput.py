@@ -158,6 +158,10 @@ class Bench:
         ))  # fmt: skip
         if flagged != len(ids):
             raise RuntimeError(f"only {flagged}/{len(ids)} recordings flagged uploaded")
+        # the Janitor's part: the next run points the remote at a fresh folder, and a remote
+        # pointed elsewhere uploads again what is still on disk (uploader.destination)
+        self.h.sql("UPDATE recordings SET local_deleted = true WHERE id BETWEEN :lo AND :hi",
+                   lo=lo, hi=hi)  # fmt: skip
         n = len(ids)
         return Sample(
             (last - first_claim).total_seconds() * 1000 / n,
