@@ -68,6 +68,15 @@ class MistakeResult:
 MISTAKES: list[MistakeResult] = []
 
 
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A plain text table, columns padded to their widest cell."""
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
 def format_mistakes(results: list[MistakeResult]) -> str:
     head = ("mistake", "attempts/min", "audit rows", "status shows", "s to show",
             "log B/min", "s to recover", "outcome")  # fmt: skip
@@ -77,11 +86,7 @@ def format_mistakes(results: list[MistakeResult]) -> str:
          "-" if r.seconds_to_recover is None else f"{r.seconds_to_recover:.1f}", r.outcome)
         for r in results
     ]  # fmt: skip
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    return _table(head, rows)
 
 
 def format_table(results: list[FaultResult]) -> str:
@@ -91,11 +96,7 @@ def format_table(results: list[FaultResult]) -> str:
          f"{r.seconds_to_drain:.1f}", r.outcome + (f" ({r.note})" if r.note else ""))
         for r in results
     ]  # fmt: skip
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    return _table(head, rows)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -351,13 +351,17 @@ def _corrupt_and_missing(run: Run) -> None:
     ), run.diagnose()
 
 
-def _pause_toggle(run: Run) -> None:
-    run.progress_to(40)
+def _pause_and_settle(run: Run) -> None:
+    """Switch the uploader off and wait until in-flight work has ended and its leases gone."""
     set_uploader(run.engine, enabled=False)
-    # in-flight work ends and the leases go; then nothing moves
     assert wait_until(
         lambda: run.scalar("SELECT count(*) FROM pair_state WHERE lease_until > now()") == 0, 60
     ), run.diagnose()
+
+
+def _pause_toggle(run: Run) -> None:
+    run.progress_to(40)
+    _pause_and_settle(run)  # then nothing moves
     settled = run.successes()
     time.sleep(3)
     assert run.successes() == settled < 2 * len(run.good), "uploads went on while paused"
@@ -366,10 +370,7 @@ def _pause_toggle(run: Run) -> None:
 
 def _forged_audit(run: Run) -> None:
     run.progress_to(20)
-    set_uploader(run.engine, enabled=False)
-    assert wait_until(
-        lambda: run.scalar("SELECT count(*) FROM pair_state WHERE lease_until > now()") == 0, 60
-    ), run.diagnose()
+    _pause_and_settle(run)
     flagged = run.flagged(run.good)
     with run.engine.connect() as conn:
         waiting = [
