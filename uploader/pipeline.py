@@ -105,7 +105,9 @@ def _job_from_row(row: Any, settings: StationSettings) -> PairJob | None:
         bandwidth_limit=settings.uploader.bandwidth_limit,
         destination=destination.destination_of(row.type, dict(row.config or {}), row.target_path),
         encoded=evidence.encoded_from_row(row),
-        expect=source_check.Expectation(float(row.duration), int(row.filesize_raw)),
+        expect=source_check.Expectation(
+            float(row.duration), int(row.filesize_raw), row.file_processed is not None
+        ),
     )
 
 
@@ -126,6 +128,7 @@ _BEGIN = text(
     SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
            {remote_state.STATE_COLUMNS},
            r.id, r.file_raw, r.sensor_id, r.time, r.local_deleted, r.duration, r.filesize_raw,
+           r.file_processed,
            s.slug, s.type, s.config, s.target_path, s.is_active,
            {evidence.ENCODED_COLUMNS}
     FROM (SELECT 1) AS one

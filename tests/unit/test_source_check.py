@@ -102,3 +102,14 @@ def test_no_wave_header_leaves_the_decision_to_the_decoder(tmp_path: Path) -> No
     path = tmp_path / "x.wav"
     path.write_bytes(b"not a riff file at all")
     assert source_check.data_chunk(path) is None
+
+
+def test_a_duration_measured_on_the_processed_twin_gets_half_a_second(tmp_path: Path) -> None:
+    # upstream's indexer stores the processed file's duration when there is one: ffmpeg cuts
+    # that stream at its own packet boundary, so it may differ from the raw file's by a period
+    wav = _wav(tmp_path, seconds=2.0)
+    encode_checked(wav, tmp_path / "out", expect=Expectation(2.3, 0, True))
+    with pytest.raises(SourceMismatch):
+        encode_checked(wav, tmp_path / "out", expect=Expectation(2.3, 0, False))
+    with pytest.raises(SourceMismatch):
+        encode_checked(wav, tmp_path / "out", expect=Expectation(2.7, 0, True))
