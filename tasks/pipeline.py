@@ -208,7 +208,7 @@ def _checked(
     ctx = get_runtime().ctx
     encoded = job.encoded
     if encoded is not None and encoded.destination == job.destination:
-        flac = checked_flac(ctx, job, encoded)  # FileRejected when it changed
+        flac = checked_flac(ctx, job, encoded)  # FlacChanged when it changed
         if flac is not None:
             return encoded, flac
     encoded = _encode(self, pair, job, settings)
