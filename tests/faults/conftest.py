@@ -119,6 +119,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @contextlib.contextmanager
 def _own_dir(prefix: str) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)  # the embedded servers' user must pass it (tests/fixtures/services.py)
     try:
         yield path
     finally:
@@ -142,7 +143,8 @@ def fault_dir(fault_root: Path, request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def fault_postgres(fault_root: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(fault_root / "pg" / "data")
+    (fault_root / "pg").mkdir(mode=0o711)
+    server = LocalPostgres(fault_root / "pg" / "data", durable=False)
     server.start()
     try:
         yield server
@@ -189,7 +191,7 @@ def fault_redis_url(fault_redis: LocalRedis) -> Iterator[str]:
 
 
 def _admin(server: LocalPostgres, statement: str) -> None:
-    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres")
+    conn = server.connect()
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, pool
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording_with_wav, make_remote, set_config
+from tests.fixtures.services import server_home
 from tests.fixtures.stack import wait_until
 from tests.integration.e2e_helpers import duplicate_success_pairs, scalar, success_rows
 from tests.smoke.helpers import (
@@ -31,12 +32,14 @@ STOP_DEADLINE_S = 30.0
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    data = tmp_path / "data"
-    try:
-        yield data
-    finally:
-        kill_all_of(data)
+def data_dir() -> Iterator[Path]:
+    """Below a folder the embedded servers' user may pass (``server_home``)."""
+    with server_home("run") as home:
+        data = home / "data"
+        try:
+            yield data
+        finally:
+            kill_all_of(data)
 
 
 def test_demo_uploads_everything_and_prints_the_closing_table(
