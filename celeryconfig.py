@@ -2,8 +2,9 @@
 ``reference/celery-field-notes.md``). Check what a process would use with
 ``python -m celeryconfig`` (secrets masked).
 
-Names of settings that could carry a secret contain URL/PASS/KEY/SECRET, so Celery's own
-censoring masks them in ``celery report`` and Flower.
+The only setting that carries a secret is ``broker_url`` (the Redis password), which Celery
+masks in ``celery report``, ``inspect conf`` and Flower. No other URL is a setting: redbeat's is
+set inside the beat process only (tasks/beat_scheduler.py).
 """
 
 from __future__ import annotations
@@ -119,8 +120,16 @@ timezone = "UTC"
 enable_utc = True
 
 # -- beat (celery-redbeat) -------------------------------------------------------------------
-beat_scheduler = "redbeat.RedBeatScheduler"
-redbeat_redis_url = os.environ.get("SILVASONIC_REDBEAT_REDIS_URL", broker_url)
+beat_scheduler = "tasks.beat_scheduler:Scheduler"
+
+
+def scheduler_redis_url() -> str:
+    """Where redbeat keeps its schedule and lock. Deliberately not a setting here: Celery does
+    not mask it in ``inspect conf`` or Flower, so only the beat process sets it
+    (tasks/beat_scheduler.py)."""
+    return os.environ.get("SILVASONIC_REDBEAT_REDIS_URL") or broker_url
+
+
 redbeat_key_prefix = "silvasonic:redbeat:"
 # a standby beat takes over within this after the leader dies; beat ticks well inside it
 redbeat_lock_timeout = _int("SILVASONIC_REDBEAT_LOCK_TIMEOUT_S", 30)

@@ -19,7 +19,8 @@ def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "tasks", *celery_banner_options()]
     return {
         "scheduler": [
-            *celery, "beat", "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", loglevel,
+            *celery, "beat", "--scheduler", "tasks.beat_scheduler:Scheduler",
+            "--loglevel", loglevel,
         ],
         "control-worker": [
             *celery, "worker", "--queues", CONTROL_QUEUE, "--hostname", "uploader-control@%h",

@@ -1,7 +1,8 @@
-"""Flower as ``run --flower`` starts it, against the test's database and Redis: its HTTP API,
-with the credentials from the 0600 file, lists one worker per remote (and the control worker)
-and the ``uploader.*`` tasks; without credentials it refuses; it listens on 127.0.0.1 only; the
-password is on no process's command line."""
+"""Flower as ``run --flower`` starts it, against the test's database and a Redis with a
+password: its HTTP API, with the credentials from the 0600 file, lists one worker per remote
+(and the control worker) and the ``uploader.*`` tasks; without credentials it refuses; it
+listens on 127.0.0.1 only; no password is on any process's command line, and the Redis
+password is on none of Flower's pages (the workers' configuration included)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from cli.local_servers import LocalRedis
 from tests.factories import make_recording_with_wav, make_remote, set_config
 from tests.fixtures.stack import wait_until
 from tests.smoke.helpers import (
@@ -56,8 +58,17 @@ def _credentials(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
+def _text(url: str, auth: tuple[str, str] | None = None) -> str:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return str(resp.read().decode("utf-8", "replace"))
+
+
 def test_flower_lists_workers_and_tasks_behind_basic_auth(
-    engine: Engine, db_url: str, redis_url: str, tmp_path: Path
+    engine: Engine, db_url: str, private_redis: LocalRedis, tmp_path: Path
 ) -> None:
     # given: a station with two remotes and work for both, in the test's database
     workspace = tmp_path / "workspace"
@@ -69,6 +80,8 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(
             make_recording_with_wav(s, workspace, seconds=2.0)
         s.commit()
     data = tmp_path / "data"
+    redis_url = private_redis.url(0)
+    redis_password = private_redis.password
     env = bare_env(
         SILVASONIC_DATABASE_URL=db_url,
         SILVASONIC_REDIS_URL=redis_url,
@@ -107,6 +120,21 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(
         wanted = {f"uploader-{slug}" for slug in SLUGS} | {"uploader-control"}
         assert wait_until(lambda: wanted <= workers(), 120, 2), (workers(), log.read_text())
 
+        # the Redis password is on none of Flower's pages: the workers' configuration (which
+        # Flower fetches with `inspect conf`) shows the broker URL masked, and redbeat's URL
+        # is not a worker setting at all
+        status, body = _get(f"{url}/api/workers?refresh=1", auth)
+        assert status == 200 and body
+        confs = [info.get("conf") or {} for info in body.values()]
+        assert any("broker_url" in conf for conf in confs), confs  # the conf was fetched
+        assert all("********" in conf.get("broker_url", "********") for conf in confs), confs
+        worker = next(name for name in body if name.startswith("uploader-control"))
+        pages = [json.dumps(body), json.dumps(_get(f"{url}/api/tasks", auth)[1])]
+        for page in ("/", "/workers", f"/worker/{worker}", "/broker", "/tasks"):
+            pages.append(_text(f"{url}{page}", auth))
+        pages += [_text(f"{url}/metrics"), _text(f"{url}/healthcheck")]  # no auth (Flower's)
+        assert not [page[:200] for page in pages if redis_password in page]
+
         # the pipeline's tasks, by their stable names
         def task_names() -> set[str]:
             status, body = _get(f"{url}/api/tasks", auth)
@@ -132,6 +160,7 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(
         # no secret on any command line (Flower's password, the database's)
         assert cmdlines_containing(creds["password"]) == []
         assert cmdlines_containing(db_url) == []
+        assert cmdlines_containing(redis_password) == []
 
         code, took = stop(proc, 30)
         assert code == 0, f"exit {code} after {took:.1f} s\n{log.read_text()}"
