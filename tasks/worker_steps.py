@@ -59,7 +59,7 @@ class UploaderHealthStep(bootsteps.StartStopStep):
             return
         global _monitor
         _monitor = self.monitor
-        self.server = HealthServer(self.monitor, self.env.health_port)
+        self.server = HealthServer(self.monitor, self.env.health_port, str(self.env.health_host))
         self.server.start()
         # the parent's own engine, never shared with pool children (NullPool: no idle sockets)
         self.engine = create_engine(DatabaseSettings().url, poolclass=pool.NullPool)

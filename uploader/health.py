@@ -73,7 +73,7 @@ class HealthMonitor:
 class HealthServer:
     """``GET /healthy`` on a daemon thread; other paths 404."""
 
-    def __init__(self, monitor: HealthMonitor, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, monitor: HealthMonitor, port: int, host: str = "127.0.0.1") -> None:
         self.monitor = monitor
         outer = self
 

@@ -8,6 +8,7 @@ operator's change applies without a restart. Defaults here must equal ``config/d
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     SecretStr,
     ValidationError,
     field_validator,
@@ -188,6 +190,12 @@ class UploaderServiceSettings(BaseSettings):
     )
     health_port: int = Field(
         default=9500, ge=0, le=65535, validation_alias="SILVASONIC_HEALTH_PORT"
+    )
+    # /healthy tells remote state, error text and pending counts: only the worker's own network
+    # namespace hears it (Podman's HEALTHCHECK runs inside the container; the controller reads
+    # heartbeats from Redis). 0.0.0.0 only where something outside must poll it.
+    health_host: IPvAnyAddress = Field(
+        default=IPv4Address("127.0.0.1"), validation_alias="SILVASONIC_HEALTH_HOST"
     )
     # a worker whose broker consumer is stuck this long turns /healthy 503 (consumer_watch.py);
     # above Celery's 30 s reconnect back-off and the 30 s socket timeout, so a live consumer

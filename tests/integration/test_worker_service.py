@@ -4,6 +4,7 @@ and SIGTERM."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import subprocess
@@ -59,6 +60,39 @@ def test_uploader_starts_with_db(engine: Engine, stack: Stack, tmp_path: Path) -
     assert status == 200
     assert body["status"] == "ok"
     assert body["components"]["worker"]["healthy"] is True  # type: ignore[index]
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at ``port``, from /proc/net/tcp{,6}."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if len(raw) == 4:
+                    found.add(str(ipaddress.IPv4Address(raw[::-1])))
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(str(ipaddress.IPv6Address(words)))
+    return found
+
+
+def test_healthy_listens_on_loopback_unless_told_otherwise(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    # given: two workers, one with the default and one told to listen everywhere
+    _add_remote(engine, "archive", tmp_path / "a")
+    _add_remote(engine, "public", tmp_path / "b")
+    stack.start_worker("archive")
+    stack.start_worker("public", SILVASONIC_HEALTH_HOST="0.0.0.0")
+    default, wide = stack.health_ports["worker-archive"], stack.health_ports["worker-public"]
+    # when
+    assert wait_until(lambda: _healthy(default) is not None and _healthy(wide) is not None, 30)
+    # then: /healthy tells remote state and errors: by default only loopback hears it
+    assert _listening(default) == {"127.0.0.1"}
+    assert _listening(wide) == {"0.0.0.0"}
 
 
 def test_uploader_heartbeat_published(engine: Engine, stack: Stack, tmp_path: Path) -> None:
