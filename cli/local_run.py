@@ -44,6 +44,7 @@ from cli.local_servers import (
 )
 from uploader.db import schema
 from uploader.errors import SchemaError
+from uploader.local_roots import ROOTS_ENV
 from uploader.redact import redact
 from uploader.settings import DatabaseSettings
 
@@ -413,6 +414,8 @@ class LocalRun:
             else os.environ.get("SILVASONIC_TEMP_DIR") or str(self.data.temp),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.isolated:  # the demo's USB remote lives in the data folder
+            env[ROOTS_ENV] = str(self.data.root.resolve() / "remotes")
         env.update(self.extra_env)
         return env
 

@@ -14,9 +14,9 @@ also releases the remote's leases and purges its queue, so queued work ends with
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Mapping
-from pathlib import PurePosixPath
 from typing import Any
 
 import click
@@ -37,6 +37,7 @@ from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
 from uploader.destination import destination_of
 from uploader.errors import RemoteConfigInvalid
+from uploader.local_roots import check_local_target
 from uploader.redact import MASK, redact
 from uploader.remotes import (
     REMOTE_TYPES,
@@ -80,6 +81,10 @@ option_option = click.option(
     metavar="KEY=VALUE",
     help="A non-secret config field or allowed rclone option (repeatable).",
 )
+
+
+# where the recorder workspace is, as the CLI may know it: a local remote never overlaps it
+LOCAL_WORKSPACE_ENV = ("SILVASONIC_RECORDER_WORKSPACE", "SILVASONIC_WORKSPACE_PATH")
 
 
 @click.group()
@@ -547,11 +552,12 @@ def _validate(slug: str, remote_type: str, config: dict[str, Any], target_path: 
         validate_remote_config(slug, remote_type, config)
     except RemoteConfigInvalid as exc:
         raise click.ClickException(f"{exc}; nothing was saved") from None
-    if remote_type == "local" and not PurePosixPath(target_path or "").is_absolute():
-        raise click.ClickException(
-            f"remote {slug!r}: a local remote writes into --target-path, which must be an "
-            f"absolute folder on this station (e.g. /mnt/usb); nothing was saved"
-        )
+    if remote_type == "local":
+        workspaces = [os.environ.get(v, "") for v in LOCAL_WORKSPACE_ENV]
+        try:
+            check_local_target(slug, target_path, workspaces=workspaces)
+        except RemoteConfigInvalid as exc:
+            raise click.ClickException(f"{exc} (--target-path); nothing was saved") from None
 
 
 # -- probe ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from uploader.errors import RemoteConfigInvalid
+from uploader.local_roots import check_local_target
 from uploader.secrets import KEY_ENV
 from uploader.settings import DatabaseSettings
 
@@ -252,15 +252,16 @@ def _database_env() -> dict[str, str]:
     }
 
 
-def _local_folder_mount(remote: RemoteLike) -> MountSpec:
+def _local_folder_mount(remote: RemoteLike, env: UploaderEnvConfig) -> MountSpec:
     """A ``local`` remote writes into its ``target_path`` on this machine: mounted read-write at
-    the same path, so the worker uses the path stored in the database unchanged."""
-    folder = remote.target_path or ""
-    if not PurePosixPath(folder).is_absolute():
-        raise RemoteConfigInvalid(
-            remote.slug,
-            "a 'local' remote needs target_path set to an absolute folder on this machine",
-        )
+    the same path, so the worker uses the path stored in the database unchanged. Only below an
+    allowed root, never a system folder or the workspace (uploader/local_roots.py): the CLI
+    checks it too, but a row may have been written by other means."""
+    folder = check_local_target(
+        remote.slug,
+        remote.target_path,
+        workspaces=[env.workspace_path, CONTAINER_WORKSPACE],
+    )
     return MountSpec(source=folder, target=folder, read_only=False, controller_source=folder)
 
 
@@ -301,7 +302,7 @@ def build_uploader_spec(
         )
     ]
     if remote.type == "local":
-        mounts.append(_local_folder_mount(remote))
+        mounts.append(_local_folder_mount(remote, env))
     if env.uploader_keys_path:
         mounts.append(
             MountSpec(source=env.uploader_keys_path, target=CONTAINER_KEYS_DIR, read_only=True)

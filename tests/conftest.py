@@ -4,6 +4,8 @@ and one plugin module per kind of protocol server or process under test."""
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,11 @@ import structlog
 
 from uploader import log_limiter
 from uploader.logs import PER_TASK_LOGGERS, StdlibHandler
+
+# local remotes of the tests write below the system temp dir (tmp_path), which a station would
+# never allow (uploader/local_roots.py); processes the tests start inherit it
+TEST_LOCAL_REMOTE_ROOTS = f"/mnt:/media:/srv:{tempfile.gettempdir()}"
+os.environ.setdefault("SILVASONIC_LOCAL_REMOTE_ROOTS", TEST_LOCAL_REMOTE_ROOTS)
 
 pytest_plugins = [
     "tests.fixtures.services",

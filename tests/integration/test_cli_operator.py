@@ -198,7 +198,7 @@ def test_a_local_remote_needs_an_absolute_target_path(
     for target in ([], ["--target-path", "usb/archive"]):
         refused = run(["remotes", "add", "usb", "--type", "local", "--name", "USB", *target])
         assert refused.exit_code == 1
-        assert "must be an absolute folder on this station" in refused.stderr
+        assert "an absolute folder on this machine" in refused.stderr
     assert run(["remotes", "add", "usb", "--type", "local", "--name", "USB",
                 "--target-path", "/mnt/usb"]).exit_code == 0  # fmt: skip
     cleared = run(["remotes", "set", "usb", "--clear-target-path"])

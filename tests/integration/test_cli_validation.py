@@ -99,3 +99,36 @@ def test_a_remote_that_holds_recordings_cannot_be_removed(engine: Engine) -> Non
     result = cli("remotes", "remove", "nas")
     assert result.exit_code != 0
     assert "holds 1 uploaded recording" in result.output and "deactivate" in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("/", "the root folder"),
+        ("/etc/silvasonic", "a system folder"),
+        ("/mnt/../usr/lib", "a system folder"),
+        ("/home/pi/archive", "not below an allowed root"),
+        ("/mnt", "not below an allowed root"),  # a root itself: the whole mount point
+        ("/srv/station/workspace/recorder", "overlaps the recorder workspace"),
+        ("/srv/station", "overlaps the recorder workspace"),
+    ],
+)
+def test_a_local_remote_writes_only_below_an_allowed_root(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, target: str, says: str
+) -> None:
+    # given: the station's defaults (USB disks and archive mounts) and its workspace
+    monkeypatch.delenv("SILVASONIC_LOCAL_REMOTE_ROOTS", raising=False)
+    monkeypatch.setenv("SILVASONIC_WORKSPACE_PATH", "/srv/station/workspace")
+    # when
+    result = cli("remotes", "add", "usb", "--type", "local", "--name", "USB",
+                 "--target-path", target)  # fmt: skip
+    # then
+    assert result.exit_code != 0
+    assert says in result.output and "nothing was saved" in result.output, result.output
+    with Session(engine) as s:
+        assert s.execute(text("SELECT count(*) FROM storage_remotes")).scalar() == 0
+    # and a folder below an allowed root is taken, as is one below a root the operator added
+    assert cli("remotes", "add", "usb", "--type", "local", "--name", "USB",
+               "--target-path", "/media/usb/silvasonic").exit_code == 0  # fmt: skip
+    monkeypatch.setenv("SILVASONIC_LOCAL_REMOTE_ROOTS", "/home/pi")
+    assert cli("remotes", "set", "usb", "--target-path", "/home/pi/archive").exit_code == 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import TEST_LOCAL_REMOTE_ROOTS
 from tests.fixtures.stack import wait_until
 
 # the console script of this environment (.venv/bin/silvasonic-uploader), a black box
@@ -29,6 +30,7 @@ def bare_env(**more: str) -> dict[str, str]:
         if not k.startswith(("SILVASONIC_", "POSTGRES_", "FLOWER_"))
     }
     env["PYTHONUNBUFFERED"] = "1"
+    env["SILVASONIC_LOCAL_REMOTE_ROOTS"] = TEST_LOCAL_REMOTE_ROOTS  # tmp_path remotes
     env.update(more)
     return env
 

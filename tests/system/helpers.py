@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import redis
 from podman import PodmanClient
 
+from tests.conftest import TEST_LOCAL_REMOTE_ROOTS
+
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN = STANDIN_DIR / "silvasonic-uploader"
@@ -201,8 +203,10 @@ def nudge(redis_url: str) -> None:
 
 def base_environment() -> dict[str, str]:
     """This process's environment without any Silvasonic or PostgreSQL setting."""
-    return {
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("SILVASONIC_", "POSTGRES_")) or k.startswith("SILVASONIC_TEST_")
     }
+    env["SILVASONIC_LOCAL_REMOTE_ROOTS"] = TEST_LOCAL_REMOTE_ROOTS  # tmp_path remotes
+    return env
