@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from controller_ext.evaluator import UploaderEvaluator
 from controller_ext.nudge import NudgeSubscriber, send_nudge
 from controller_ext.queues import purge_queue_keys
+from tests.conftest import TEST_LOCAL_REMOTE_ROOTS
 from tests.factories import make_remote, set_config
 from uploader.db.models import StorageRemote
 
@@ -32,6 +33,7 @@ def controller_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SILVASONIC_WORKSPACE_PATH", str(tmp_path / "workspace"))
+    monkeypatch.setenv("SILVASONIC_LOCAL_REMOTE_ROOTS", TEST_LOCAL_REMOTE_ROOTS)  # tmp_path
 
 
 def local_remote(session: Session, slug: str, tmp: Path, **kw: object) -> None:
