@@ -1,5 +1,5 @@
 """``python -m cli`` = ``silvasonic-uploader`` (used where the console script is not on PATH)."""
 
-from cli.main import main
+from cli.main import entry
 
-main()
+entry()

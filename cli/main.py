@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import Any
 
 import click
+
+from uploader.file_variables import FileVariableError, apply_file_variables
 
 # name -> (module, attribute, one-line help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,3 +73,14 @@ def main() -> None:
     SILVASONIC_REDIS_URL, SILVASONIC_RECORDER_WORKSPACE) and from the station database
     (system_config, storage_remotes). See docs/ for the operator guide.
     """
+
+
+def entry() -> None:
+    """The ``silvasonic-uploader`` console script: secrets given as files become variables
+    before any module reads the environment (uploader/file_variables.py), then the CLI."""
+    try:
+        apply_file_variables()
+    except FileVariableError as exc:
+        click.echo(f"silvasonic-uploader: {exc}", err=True)
+        sys.exit(64)  # EX_USAGE, as the image's entrypoint
+    main()

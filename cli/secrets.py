@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from uploader.secrets import encrypt_value, generate_key, load_encryption_key
+from uploader.secrets import SecretError, encrypt_value, generate_key, load_encryption_key
 
 
 @click.group()
@@ -27,4 +27,7 @@ def encrypt() -> None:
     if key is None:
         raise click.ClickException("SILVASONIC_ENCRYPTION_KEY is not set")
     value = sys.stdin.readline().rstrip("\n")
-    click.echo(encrypt_value(value, key))
+    try:
+        click.echo(encrypt_value(value, key))
+    except SecretError as exc:  # a key that is not a Fernet key: say so, no traceback
+        raise click.ClickException(str(exc)) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -195,6 +195,7 @@ class ContainerManager:
             self.remove(spec.name)
         self._ensure_mount_dirs(spec)
         try:
+            self._ensure_secrets(spec)
             container = self.client.containers.create(**spec.to_podman_kwargs())
         except PodmanImageNotFound:
             log.error(
@@ -230,6 +231,31 @@ class ContainerManager:
             self._force_remove(spec.name)
             return None
         return instance_from_attrs(container.attrs)
+
+    def _ensure_secrets(self, spec: Tier2ServiceSpec) -> None:
+        """Create the Podman secrets ``spec`` names (one per secret variable, named by a digest
+        of its value) and remove this container's older ones. The values travel in the API
+        request body only: never in an environment, an argument list or a log line."""
+        wanted = {spec.secret_name(variable): variable for variable in spec.secrets}
+        existing = {secret.name for secret in self.client.secrets.list()}
+        for name, variable in wanted.items():
+            if name not in existing:
+                self.client.secrets.create(name, spec.secrets[variable].encode())
+        self._remove_secrets(spec.name, keep=set(wanted), existing=existing)
+
+    def _remove_secrets(
+        self, container: str, *, keep: Iterable[str] = (), existing: set[str] | None = None
+    ) -> None:
+        """Remove the secrets of ``container`` except ``keep`` (a replaced value, or all of
+        them once the container is gone)."""
+        if existing is None:
+            existing = {secret.name for secret in self.client.secrets.list()}
+        for name in existing - set(keep):
+            if name.startswith(f"{container}."):
+                try:
+                    self.client.secrets.remove(name)
+                except (NotFound, APIError) as exc:  # still in use by the old container
+                    log.debug("controller.secret_kept", name=name, error=type(exc).__name__)
 
     def _ensure_mount_dirs(self, spec: Tier2ServiceSpec) -> None:
         """Create missing read-write mount folders the controller can see (a ``local``
@@ -295,6 +321,11 @@ class ContainerManager:
     def stop_and_remove(self, name: str, timeout_s: float | None = None) -> None:
         self.stop(name, timeout_s)
         self.remove(name)
+        try:
+            self._remove_secrets(name)
+        except APIError as exc:
+            if _connection_lost(exc):
+                raise self._unavailable(exc) from None
 
     def list_managed(self) -> list[ManagedInstance]:
         """Every uploader container of ours, running or not.

@@ -39,6 +39,13 @@ NAME_PREFIX = "silvasonic-uploader-"
 # Inside the container (contract §1.1: the seed proposes /workspace/recorder, read-only).
 CONTAINER_WORKSPACE = "/workspace/recorder"
 CONTAINER_KEYS_DIR = "/etc/silvasonic/keys"
+# where Podman mounts a container's secrets (the image's entrypoint and the CLI read NAME_FILE)
+SECRETS_DIR = "/run/secrets"
+# the worker's only writable folder (read-only root): its default SILVASONIC_TEMP_DIR
+# (/tmp/silvasonic/<slug>, FLACs in flight) and whatever else wants a temp file
+CONTAINER_TEMP = "/tmp"
+# the image's unprivileged user (Containerfile); the recorder contract: docs/controller.md §2
+DEFAULT_WORKER_USER = "10001:10001"
 # Tier-2 unified health port (contract §7); with host networking each worker needs its own.
 HOST_MODE_PORT_SPAN = 1000
 # Controller variables a worker should see the same way (log format for the LogForwarder).
@@ -71,6 +78,16 @@ class MountSpec(BaseModel):
     controller_source: str | None = None
 
 
+class TmpfsSpec(BaseModel):
+    """A tmpfs mount: the only writable place of a worker with a read-only root filesystem."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: str
+    size: str
+    mode: str = "1777"
+
+
 class Tier2ServiceSpec(BaseModel):
     """Everything needed to run one Tier-2 container, backend-neutral.
 
@@ -86,11 +103,21 @@ class Tier2ServiceSpec(BaseModel):
     network_mode: str | None = None  # e.g. "host"; None = bridge on ``network``
     command: list[str] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict, repr=False)
+    # variables whose values are secrets: a container gets each as a file (a Podman secret,
+    # NAME_FILE in its environment), never as a value `podman inspect` would show; a local
+    # process gets them in its environment
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)
     labels: dict[str, str] = Field(default_factory=dict)
     mounts: list[MountSpec] = Field(default_factory=list)
     devices: list[str] = Field(default_factory=list)
     group_add: list[str] = Field(default_factory=list)
     privileged: bool = False
+    # least privilege (docs/controller.md §2): who the process runs as, what it may not do
+    user: str | None = None
+    cap_drop: list[str] = Field(default_factory=list)
+    no_new_privileges: bool = False
+    read_only_rootfs: bool = False
+    tmpfs: list[TmpfsSpec] = Field(default_factory=list)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     memory_limit: str
     cpu_limit: float
@@ -101,7 +128,8 @@ class Tier2ServiceSpec(BaseModel):
     @property
     def config_hash(self) -> str:
         """First 12 hex digits of sha256 over the spec without its labels (upstream's rule),
-        keys sorted so the hash does not depend on dict order."""
+        keys sorted so the hash does not depend on dict order. A changed secret changes it
+        too; only this digest of the whole spec reaches the label, never a value."""
         blob = json.dumps(self.model_dump(mode="json", exclude={"labels"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -119,16 +147,39 @@ class Tier2ServiceSpec(BaseModel):
             update={"labels": {**self.labels, LABEL_CONFIG_HASH: self.config_hash}}
         )
 
+    def secret_name(self, variable: str) -> str:
+        """The Podman secret holding ``variable``'s value for this container: named by a digest
+        of the value, so a new value is a new secret and a running container's is never
+        rewritten under it."""
+        digest = hashlib.sha256(f"{self.name}|{variable}|{self.secrets[variable]}".encode())
+        return f"{self.name}.{variable.lower()}.{digest.hexdigest()[:12]}"
+
     def to_podman_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for podman-py ``containers.create``.
+        """Keyword arguments for podman-py ``containers.create``; the Podman secrets named by
+        :meth:`secret_name` must exist (the container manager creates them).
 
         Read-only mounts use mode ``"ro"`` (``"ro,z"`` makes podman-py fail with a 500, contract
         §6.1); read-write mounts ``"z"`` so SELinux hosts relabel them, as upstream does.
         """
+        environment = dict(self.environment)
+        secrets: list[dict[str, Any]] = []
+        uid, _, gid = (self.user or "0:0").partition(":")
+        for variable in sorted(self.secrets):
+            target = variable.lower()
+            environment[f"{variable}_FILE"] = f"{SECRETS_DIR}/{target}"
+            secrets.append(
+                {
+                    "source": self.secret_name(variable),
+                    "target": target,
+                    "uid": int(uid) if uid.isdigit() else 0,
+                    "gid": int(gid) if gid.isdigit() else 0,
+                    "mode": 0o400,
+                }
+            )
         kwargs: dict[str, Any] = {
             "image": self.image,
             "name": self.name,
-            "environment": dict(self.environment),
+            "environment": environment,
             "labels": dict(self.labels),
             "volumes": {
                 m.source: {"bind": m.target, "mode": "ro" if m.read_only else "z"}
@@ -145,6 +196,22 @@ class Tier2ServiceSpec(BaseModel):
             "stop_timeout": self.stop_timeout_s,
             "detach": True,
         }
+        if secrets:
+            kwargs["secrets"] = secrets
+        if self.user:
+            kwargs["user"] = self.user
+        if self.cap_drop:
+            kwargs["cap_drop"] = list(self.cap_drop)
+        if self.no_new_privileges:
+            kwargs["no_new_privileges"] = True
+        if self.read_only_rootfs:
+            kwargs["read_only"] = True
+        if self.tmpfs:
+            kwargs["mounts"] = [
+                {"type": "tmpfs", "source": "tmpfs", "target": t.target, "size": t.size,
+                 "mode": t.mode}
+                for t in self.tmpfs
+            ]  # fmt: skip
         if self.command:
             kwargs["command"] = list(self.command)
         if self.network_mode:
@@ -178,6 +245,10 @@ class UploaderEnvConfig(BaseSettings):
     uploader_restart_max_retries: int = Field(default=5, ge=0)
     uploader_stop_timeout_s: int = Field(default=30, ge=1)
     uploader_health_port: int = Field(default=9500, ge=1, le=65535)
+    # uid:gid the worker runs as; it must be able to read the recordings (docs/controller.md §2)
+    uploader_user: str = Field(default=DEFAULT_WORKER_USER, pattern=r"^[1-9][0-9]*:[0-9]+$")
+    # the tmpfs holding the worker's temp folder: at least the largest FLAC in flight plus room
+    uploader_temp_size: str = Field(default="512m", pattern=r"^[1-9][0-9]*[kmg]?$")
     # host path of the folder holding sftp keys, mounted read-only at CONTAINER_KEYS_DIR
     uploader_keys_path: str | None = None
     # more read-only bind mounts, "host:container[:ro|rw]" separated by commas
@@ -283,17 +354,21 @@ def build_uploader_spec(
     environ = dict(os.environ) if environ is None else environ
     slug = remote.slug
     port = health_port if health_port is not None else env.uploader_health_port
+    database = _database_env()
     environment: dict[str, str] = {
         "SILVASONIC_STORAGE_REMOTE_SLUG": slug,
         "SILVASONIC_INSTANCE_ID": slug,
-        "SILVASONIC_REDIS_URL": env.redis_url.get_secret_value(),
-        **_database_env(),
+        **{k: v for k, v in database.items() if k != "POSTGRES_PASSWORD"},
         "SILVASONIC_HEALTH_PORT": str(port),
         "SILVASONIC_RECORDER_WORKSPACE": CONTAINER_WORKSPACE,
     }
+    secrets = {
+        "SILVASONIC_REDIS_URL": env.redis_url.get_secret_value(),
+        "POSTGRES_PASSWORD": database["POSTGRES_PASSWORD"],
+    }
     key = env.encryption_key.get_secret_value() if env.encryption_key else ""
     if key.strip():
-        environment[KEY_ENV] = key
+        secrets[KEY_ENV] = key
     mounts = [
         MountSpec(
             source=str(PurePosixPath(env.workspace_path) / "recorder"),
@@ -319,6 +394,12 @@ def build_uploader_spec(
         network_mode=env.network_mode or None,
         command=["silvasonic-uploader", "worker", "--remote", slug],
         environment=environment,
+        secrets={k: v for k, v in secrets.items() if v},
+        user=env.uploader_user,
+        cap_drop=["ALL"],
+        no_new_privileges=True,
+        read_only_rootfs=True,
+        tmpfs=[TmpfsSpec(target=CONTAINER_TEMP, size=env.uploader_temp_size)],
         labels={
             LABEL_TIER: "2",
             LABEL_OWNER: OWNER,

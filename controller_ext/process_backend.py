@@ -119,7 +119,7 @@ def translate_environment(
     and Redis variables point where the controller itself reaches them; the health port is this
     worker's own.
     """
-    env = dict(spec.environment)
+    env = {**spec.environment, **spec.secrets}  # a local process: its environment is private
     mounts = sorted(spec.mounts, key=lambda m: len(m.target), reverse=True)
     for key, value in env.items():
         for mount in mounts:

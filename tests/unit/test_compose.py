@@ -100,7 +100,7 @@ def test_flower_credentials_come_from_the_environment_never_the_command_line(
     env = env_of(flower)
     assert "FLOWER_BASIC_AUTH" not in env  # `environment:` becomes `podman create -e …`
     assert env["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
-    assert flower["secrets"] == ["flower_basic_auth"]
+    assert flower["secrets"] == ["flower_basic_auth", "redis_url"]
     assert env["FLOWER_READ_ONLY"] == "true"
     assert env["FLOWER_PERSISTENT"] == "true"
     state_dir = env["FLOWER_DB"].rsplit("/", 1)[0]
@@ -149,13 +149,41 @@ def test_uploader_processes_find_postgres_and_redis(services: dict[str, Any]) ->
     for name in ("db-upgrade", "uploader-beat", "controller", "cli"):
         env = env_of(services[name])
         assert env["SILVASONIC_DB_HOST"] == env["POSTGRES_HOST"] == "database"
-        assert env["SILVASONIC_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["SILVASONIC_REDIS_URL_FILE"] == "/run/secrets/redis_url"
         assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
         assert env["SILVASONIC_ENCRYPTION_KEY_FILE"] == "/run/secrets/encryption_key"
-        assert services[name]["secrets"] == ["postgres_password", "encryption_key"]
+        assert services[name]["secrets"] == ["postgres_password", "redis_url", "encryption_key"]
     database = env_of(services["database"])
     assert database["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
-    assert env_of(services["flower"])["SILVASONIC_REDIS_URL"] == "redis://redis:6379/0"
+    assert env_of(services["flower"])["SILVASONIC_REDIS_URL_FILE"] == "/run/secrets/redis_url"
+    assert "redis_url" in services["flower"]["secrets"]
+
+
+def test_redis_asks_for_a_password_that_is_on_no_command_line(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    script = redis["command"][-1]
+    assert redis["command"][:2] == ["sh", "-c"] and script.startswith("exec redis-server - ")
+    assert "requirepass $$(cat /run/secrets/redis_password)" in script  # on stdin, not argv
+    assert redis["secrets"] == ["redis_password"] and redis["user"] == "redis"
+    check = " ".join(redis["healthcheck"]["test"])
+    assert 'REDISCLI_AUTH="$$(cat /run/secrets/redis_password)" redis-cli ping' in check
+
+
+def test_images_are_pinned_to_a_patch_release(services: dict[str, Any]) -> None:
+    for name in ("database", "redis"):
+        tag = services[name]["image"].rsplit(":", 1)[1]
+        assert re.fullmatch(r"\d+\.\d+(\.\d+)?-bookworm", tag), f"{name}: {tag}"
+
+
+def test_every_uploader_service_drops_privileges(services: dict[str, Any]) -> None:
+    for name in ("db-upgrade", "uploader-beat", "flower", "controller", "cli"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges" in service["security_opt"], name
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
+        # the image's unprivileged user, except the controller (the Podman socket)
+        assert service.get("user") == ("0:0" if name == "controller" else None), name
+    assert services["redis"]["cap_drop"] == ["ALL"]
 
 
 def test_no_secret_is_written_in_the_file(compose: dict[str, Any]) -> None:
@@ -195,7 +223,8 @@ def test_env_example_holds_no_secret() -> None:
     assert not [name for name in values if SECRET_NAME.search(name)]
     assert "CHANGE-ME" in values["SILVASONIC_WORKSPACE_PATH"]
     # how to create each secret file is spelled out
-    for secret in ("postgres_password", "flower_basic_auth", "encryption_key"):
+    for secret in ("postgres_password", "redis_password", "redis_url", "flower_basic_auth",
+                   "encryption_key"):  # fmt: skip
         assert f"> secrets/{secret}" in example
     ignored = (ROOT / ".gitignore").read_text().split()
     assert ".env" in ignored and "/secrets/" in ignored

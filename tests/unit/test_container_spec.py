@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -107,24 +108,28 @@ def test_uploader_no_privileged_no_devices() -> None:
 
 
 def test_uploader_db_env_vars() -> None:
-    env = build_uploader_spec(remote()).environment
+    spec = build_uploader_spec(remote())
+    env = spec.environment
 
     assert env["SILVASONIC_DB_HOST"] == env["POSTGRES_HOST"] == "database"
     assert env["SILVASONIC_DB_PORT"] == env["POSTGRES_PORT"] == "5432"
     assert env["POSTGRES_USER"] == "silvasonic"
-    assert env["POSTGRES_PASSWORD"] == "pw"
     assert env["POSTGRES_DB"] == "silvasonic"
-    assert env["SILVASONIC_REDIS_URL"] == "redis://redis:6379/0"
+    # the password and the Redis URL are secrets: files in the container, not values
+    assert "POSTGRES_PASSWORD" not in env and "SILVASONIC_REDIS_URL" not in env
+    assert spec.secrets["POSTGRES_PASSWORD"] == "pw"
+    assert spec.secrets["SILVASONIC_REDIS_URL"] == "redis://redis:6379/0"
 
 
 def test_uploader_db_env_vars_follow_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SILVASONIC_DATABASE_URL", "postgresql://station:s3cret@db.lan:6543/silva")
 
-    env = build_uploader_spec(remote()).environment
+    spec = build_uploader_spec(remote())
+    env = spec.environment
 
     assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("db.lan", "6543")
     assert (env["SILVASONIC_DB_HOST"], env["SILVASONIC_DB_PORT"]) == ("db.lan", "6543")
-    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
+    assert (env["POSTGRES_USER"], spec.secrets["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
         "station",
         "s3cret",
         "silva",
@@ -139,11 +144,72 @@ def test_uploader_env_slug() -> None:
 
 
 def test_encryption_key_passed_only_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "SILVASONIC_ENCRYPTION_KEY" not in build_uploader_spec(remote()).environment
+    assert "SILVASONIC_ENCRYPTION_KEY" not in build_uploader_spec(remote()).secrets
 
     monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "k" * 43 + "=")
 
-    assert build_uploader_spec(remote()).environment["SILVASONIC_ENCRYPTION_KEY"] == "k" * 43 + "="
+    spec = build_uploader_spec(remote())
+    assert spec.secrets["SILVASONIC_ENCRYPTION_KEY"] == "k" * 43 + "="
+    assert "SILVASONIC_ENCRYPTION_KEY" not in spec.environment
+
+
+def test_a_worker_container_runs_unprivileged_with_secrets_as_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given
+    monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "k" * 43 + "=")
+    monkeypatch.setenv("SILVASONIC_UPLOADER_TEMP_SIZE", "768m")
+    spec = build_uploader_spec(remote())
+    # when
+    kwargs = spec.to_podman_kwargs()
+    # then: non-root, no capabilities, no privilege gain, read-only root with a sized tmpfs
+    assert kwargs["user"] == "10001:10001"
+    assert kwargs["cap_drop"] == ["ALL"] and kwargs["no_new_privileges"] is True
+    assert kwargs["read_only"] is True
+    assert kwargs["mounts"] == [
+        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "768m", "mode": "1777"}
+    ]
+    # no secret value anywhere in what Podman is given; each one a secret file instead
+    flat = json.dumps(kwargs, default=str)
+    for value in ("pw", "redis://redis:6379/0", "k" * 43 + "="):
+        assert f'"{value}"' not in flat
+    files = {k: v for k, v in kwargs["environment"].items() if k.endswith("_FILE")}
+    assert files == {
+        "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres_password",
+        "SILVASONIC_REDIS_URL_FILE": "/run/secrets/silvasonic_redis_url",
+        "SILVASONIC_ENCRYPTION_KEY_FILE": "/run/secrets/silvasonic_encryption_key",
+    }
+    assert {s["target"] for s in kwargs["secrets"]} == {
+        "postgres_password", "silvasonic_redis_url", "silvasonic_encryption_key"
+    }  # fmt: skip
+    assert all((s["uid"], s["gid"], s["mode"]) == (10001, 10001, 0o400) for s in kwargs["secrets"])
+    assert "pw" not in repr(spec) and "k" * 43 not in repr(spec)
+
+
+def test_a_new_secret_value_is_a_new_secret_and_a_new_config_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = build_uploader_spec(remote())
+    monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "k" * 43 + "=")
+    keyed = build_uploader_spec(remote())
+    monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "j" * 43 + "=")
+    rekeyed = build_uploader_spec(remote())
+
+    assert len({before.config_hash, keyed.config_hash, rekeyed.config_hash}) == 3
+    name = "SILVASONIC_ENCRYPTION_KEY"
+    assert keyed.secret_name(name) != rekeyed.secret_name(name)
+    assert keyed.secret_name(name).startswith(f"{keyed.name}.silvasonic_encryption_key.")
+    assert "k" * 43 not in keyed.labels[LABEL_CONFIG_HASH]
+
+
+def test_the_worker_user_and_temp_size_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SILVASONIC_UPLOADER_USER", "0:0")
+    with pytest.raises(ValueError):
+        build_uploader_spec(remote())
+    monkeypatch.setenv("SILVASONIC_UPLOADER_USER", "1000:1000")
+    monkeypatch.setenv("SILVASONIC_UPLOADER_TEMP_SIZE", "lots")
+    with pytest.raises(ValueError):
+        build_uploader_spec(remote())
 
 
 def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:

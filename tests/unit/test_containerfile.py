@@ -70,8 +70,13 @@ def test_health_port_and_healthcheck() -> None:
     assert "${SILVASONIC_HEALTH_PORT:-9500}" in check
 
 
-def test_no_user_instruction_rootless_podman_maps_root() -> None:
-    assert args_of("USER") == []
+def test_the_image_runs_as_the_unprivileged_user_the_workers_are_given() -> None:
+    from controller_ext.container_spec import DEFAULT_WORKER_USER
+
+    assert args_of("USER") == [DEFAULT_WORKER_USER]
+    created = " ".join(args_of("RUN"))
+    uid, gid = DEFAULT_WORKER_USER.split(":")
+    assert f"useradd --system --uid {uid} --gid {gid}" in created
 
 
 def test_entrypoint_is_the_script_in_exec_form_and_defaults_to_the_worker() -> None:
