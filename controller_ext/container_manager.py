@@ -259,12 +259,16 @@ class ContainerManager:
 
     def _ensure_mount_dirs(self, spec: Tier2ServiceSpec) -> None:
         """Create missing read-write mount folders the controller can see (a ``local``
-        remote's folder); Podman refuses a bind mount whose source is missing."""
+        remote's folder); Podman refuses a bind mount whose source is missing. A folder it
+        creates is given to the worker's uid:gid, which must write into it; an existing one
+        is left as the operator made it (docs/controller.md §2)."""
         for mount in spec.mounts:
             if mount.read_only or not mount.controller_source:
                 continue
             try:
-                os.makedirs(mount.controller_source, exist_ok=True)
+                if not os.path.isdir(mount.controller_source):
+                    os.makedirs(mount.controller_source, mode=0o750)
+                    self._give_to_worker(spec, mount.controller_source)
             except OSError as exc:
                 log.warning(
                     "controller.mount_dir_failed",
@@ -272,6 +276,21 @@ class ContainerManager:
                     path=mount.controller_source,
                     error=type(exc).__name__,
                 )
+
+    @staticmethod
+    def _give_to_worker(spec: Tier2ServiceSpec, path: str) -> None:
+        uid, _, gid = (spec.user or "").partition(":")
+        if not (uid.isdigit() and gid.isdigit()):
+            return
+        try:
+            os.chown(path, int(uid), int(gid))
+        except PermissionError:  # rootless: the worker's uid is not ours to give
+            log.warning(
+                "controller.mount_dir_not_given",
+                name=spec.name,
+                path=path,
+                hint=f"make it writable by the worker's uid:gid {spec.user}",
+            )
 
     def stop(self, name: str, timeout_s: float | None = None) -> None:
         """Stop ``name`` (SIGTERM, then SIGKILL after ``timeout_s``, by default the container's

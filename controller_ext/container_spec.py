@@ -206,6 +206,8 @@ class Tier2ServiceSpec(BaseModel):
             kwargs["no_new_privileges"] = True
         if self.read_only_rootfs:
             kwargs["read_only"] = True
+            # tmpfs on /run, /var/tmp and /dev/shm, as `podman run --read-only` does by default
+            kwargs["read_write_tmpfs"] = True
         if self.tmpfs:
             kwargs["mounts"] = [
                 {"type": "tmpfs", "source": "tmpfs", "target": t.target, "size": t.size,
@@ -399,7 +401,11 @@ def build_uploader_spec(
         cap_drop=["ALL"],
         no_new_privileges=True,
         read_only_rootfs=True,
-        tmpfs=[TmpfsSpec(target=CONTAINER_TEMP, size=env.uploader_temp_size)],
+        tmpfs=[
+            TmpfsSpec(target=CONTAINER_TEMP, size=env.uploader_temp_size),
+            # the secrets' mount points: a read-only root cannot hold them (Podman 4.3)
+            TmpfsSpec(target=SECRETS_DIR, size="1m", mode="0755"),
+        ],
         labels={
             LABEL_TIER: "2",
             LABEL_OWNER: OWNER,

@@ -4,6 +4,7 @@ containers as the database says."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from podman.errors import APIError, NotFound
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from tests.factories import make_remote, set_config
@@ -27,6 +29,7 @@ from tests.system.helpers import (
     wait_for,
 )
 from uploader.db.models import StorageRemote
+from uploader.secrets import generate_key
 
 MiB = 1024 * 1024
 NAME = "silvasonic-uploader-usb-a"
@@ -61,16 +64,30 @@ def cgroup_v1_memory_limit(container_id: str) -> int | None:
     return int(path.read_text()) if path.exists() else None
 
 
+SECRET_DB_PASSWORD = "Sys-t3st-db-pw-4417"
+ENCRYPTION_KEY = generate_key()
+
+
 def test_uploader_started_for_active_remote(
     podman_controller_env: dict[str, str],
     clean_podman: PodmanEnv,
     session: Session,
     redis_url: str,
+    db_url: str,
     tmp_path: Path,
 ) -> None:
     add_local_remote(session, tmp_path, "usb-a")
+    # a database URL with a password (this machine's PostgreSQL trusts local connections and
+    # ignores it) and an encryption key: both must reach the worker as files only
+    env = {
+        **podman_controller_env,
+        "SILVASONIC_DATABASE_URL": make_url(db_url)
+        .set(password=SECRET_DB_PASSWORD)
+        .render_as_string(hide_password=False),
+        "SILVASONIC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+    }
 
-    with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
+    with running_controller(env, tmp_path / "controller.log") as controller:
         container = wait_for(
             "the uploader container to run",
             lambda: running_container(clean_podman, "silvasonic-uploader-usb-a"),
@@ -91,6 +108,22 @@ def test_uploader_started_for_active_remote(
     assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
     assert host["Privileged"] is False
     assert not host.get("Devices")
+    # least privilege: an unprivileged user, no capabilities, no privilege gain, read-only root
+    assert container.attrs["Config"]["User"] == "10001:10001"
+    assert host["ReadonlyRootfs"] is True
+    _code, (out, _err) = container.exec_run(["cat", "/proc/1/status"], demux=True)
+    status = dict(line.split(":", 1) for line in out.decode().splitlines() if ":" in line)
+    assert status["CapEff"].strip() == "0000000000000000"
+    assert status["CapPrm"].strip() == "0000000000000000"
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Uid"].split()[:2] == ["10001", "10001"]
+    # no secret in what `podman inspect` shows; the worker read them from its secret files
+    inspected = json.dumps(container.attrs)
+    assert SECRET_DB_PASSWORD not in inspected and ENCRYPTION_KEY not in inspected
+    env = container.attrs["Config"]["Env"]
+    assert not [e for e in env if e.startswith(("POSTGRES_PASSWORD=", "SILVASONIC_REDIS_URL=",
+                                                "SILVASONIC_ENCRYPTION_KEY="))]  # fmt: skip
+    assert "SILVASONIC_REDIS_URL_FILE=/run/secrets/silvasonic_redis_url" in env
     assert beat["instance_id"] == "usb-a" and beat["service"] == "uploader"
     enforced = cgroup_v1_memory_limit(container.id)
     assert enforced in (None, 256 * MiB)  # None: this host keeps its cgroups elsewhere

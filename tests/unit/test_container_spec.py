@@ -167,8 +167,10 @@ def test_a_worker_container_runs_unprivileged_with_secrets_as_files(
     assert kwargs["cap_drop"] == ["ALL"] and kwargs["no_new_privileges"] is True
     assert kwargs["read_only"] is True
     assert kwargs["mounts"] == [
-        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "768m", "mode": "1777"}
-    ]
+        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "768m", "mode": "1777"},
+        {"type": "tmpfs", "source": "tmpfs", "target": "/run/secrets", "size": "1m",
+         "mode": "0755"},
+    ]  # fmt: skip
     # no secret value anywhere in what Podman is given; each one a secret file instead
     flat = json.dumps(kwargs, default=str)
     for value in ("pw", "redis://redis:6379/0", "k" * 43 + "="):
