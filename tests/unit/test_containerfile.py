@@ -38,7 +38,12 @@ def args_of(keyword: str) -> list[str]:
 
 
 def test_base_image_is_python_313_slim_bookworm() -> None:
-    assert args_of("FROM") == ["python:3.13-slim-bookworm"]
+    # a build argument, so a machine without the registry can build on a local stand-in
+    # (tests/image/build_base.sh); its default is the production base, declared before FROM
+    assert args_of("FROM") == ["${BASE_IMAGE}"]
+    assert "BASE_IMAGE=python:3.13-slim-bookworm" in args_of("ARG")
+    keywords = [kw for kw, _ in instructions()]
+    assert keywords.index("ARG") < keywords.index("FROM")
 
 
 def test_system_packages_are_curl_and_ffmpeg_and_rclone_comes_from_the_lock() -> None:
