@@ -1,5 +1,5 @@
-"""The image, checked without building it (no registry is reachable here; its first real build
-happens on the station): the Containerfile's contract, read instruction by instruction, and
+"""The image, checked without building it (the build itself: ``pytest -m image``,
+tests/image/test_image.py): the Containerfile's contract, read instruction by instruction, and
 its entrypoint script, run for real with a stand-in ``silvasonic-uploader`` on PATH."""
 
 from __future__ import annotations
