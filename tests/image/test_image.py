@@ -115,3 +115,18 @@ def test_the_default_command_refuses_a_missing_slug(image: str) -> None:
     result = run(image)
     assert result.returncode == 64
     assert "SILVASONIC_STORAGE_REMOTE_SLUG is not set" in result.stderr
+
+
+def test_it_runs_as_the_unprivileged_user_with_a_read_only_root_and_no_capabilities(
+    image: str,
+) -> None:
+    # the way the controller starts a worker (docs/controller.md §2), by hand
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--read-only", "--cap-drop", "ALL", "--security-opt",
+         "no-new-privileges", "--tmpfs", "/tmp", "--entrypoint", "python", image, "-c",
+         "import os, tempfile; print(os.getuid(), os.getgid()); tempfile.mkdtemp(); "
+         "open('/probe', 'w')"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.stdout.split()[:2] == ["10001", "10001"], result.stderr
+    assert "Read-only file system" in result.stderr  # /tmp took the temp dir; / took nothing
