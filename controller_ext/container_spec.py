@@ -17,10 +17,11 @@ import zlib
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from controller_ext.temp_budget import worker_temp_size
 from uploader.local_roots import check_local_target
 from uploader.secrets import KEY_ENV
 from uploader.settings import DatabaseSettings
@@ -250,8 +251,9 @@ class UploaderEnvConfig(BaseSettings):
     uploader_health_port: int = Field(default=9500, ge=1, le=65535)
     # uid:gid the worker runs as; it must be able to read the recordings (docs/controller.md §2)
     uploader_user: str = Field(default=DEFAULT_WORKER_USER, pattern=r"^[1-9][0-9]*:[0-9]+$")
-    # the tmpfs holding the worker's temp folder: at least the largest FLAC in flight plus room
-    uploader_temp_size: str = Field(default="512m", pattern=r"^[1-9][0-9]*[kmg]?$")
+    # the tmpfs holding the worker's FLACs in flight: RAM inside the memory limit, so by default
+    # the limit minus what the worker itself takes (controller_ext/temp_budget.py)
+    uploader_temp_size: str | None = None
     # host path of the folder holding sftp keys, mounted read-only at CONTAINER_KEYS_DIR
     uploader_keys_path: str | None = None
     # more read-only bind mounts, "host:container[:ro|rw]" separated by commas
@@ -262,6 +264,16 @@ class UploaderEnvConfig(BaseSettings):
     workspace_path: str
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     encryption_key: SecretStr | None = None  # SILVASONIC_ENCRYPTION_KEY, passed on when set
+
+    @model_validator(mode="after")
+    def _temp_fits_in_memory(self) -> UploaderEnvConfig:
+        """Refuse a temp tmpfs that could grow into an OOM kill of the worker (temp_budget)."""
+        self.temp_size()
+        return self
+
+    def temp_size(self) -> str:
+        """The size of the worker's temp tmpfs (``SILVASONIC_UPLOADER_TEMP_SIZE`` or derived)."""
+        return worker_temp_size(self.uploader_memory_limit, self.uploader_temp_size)
 
     def extra_mounts(self) -> list[MountSpec]:
         """Parse ``uploader_extra_mounts``; raises ValueError naming the bad entry."""
@@ -403,7 +415,7 @@ def build_uploader_spec(
         no_new_privileges=True,
         read_only_rootfs=True,
         tmpfs=[
-            TmpfsSpec(target=CONTAINER_TEMP, size=env.uploader_temp_size),
+            TmpfsSpec(target=CONTAINER_TEMP, size=env.temp_size()),
             # the secrets' mount points: a read-only root cannot hold them (Podman 4.3)
             TmpfsSpec(target=SECRETS_DIR, size="1m", mode="0755"),
         ],

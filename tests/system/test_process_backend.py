@@ -174,7 +174,7 @@ def test_process_worker_recreated_on_config_drift(
     with running_controller(process_env, log):
         pid = pid_of(wait_for("the worker", lambda: worker(state_dir)))
 
-    changed = {**process_env, "SILVASONIC_UPLOADER_MEMORY_LIMIT": "200m"}
+    changed = {**process_env, "SILVASONIC_UPLOADER_MEMORY_LIMIT": "320m"}
     with running_controller(changed, log) as controller:
 
         def replaced() -> Any | None:

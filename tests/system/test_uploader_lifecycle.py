@@ -111,6 +111,8 @@ def test_uploader_started_for_active_remote(
     # least privilege: an unprivileged user, no capabilities, no privilege gain, read-only root
     assert container.attrs["Config"]["User"] == "10001:10001"
     assert host["ReadonlyRootfs"] is True
+    # its only writable folder: a tmpfs that fits inside the memory limit (temp_budget.py)
+    assert host["Tmpfs"]["/tmp"].startswith("size=64m,")
     _code, (out, _err) = container.exec_run(["cat", "/proc/1/status"], demux=True)
     status = dict(line.split(":", 1) for line in out.decode().splitlines() if ":" in line)
     assert status["CapEff"].strip() == "0000000000000000"
@@ -129,6 +131,42 @@ def test_uploader_started_for_active_remote(
     assert enforced in (None, 256 * MiB)  # None: this host keeps its cgroups elsewhere
     # the controller exited; ADR-0013: the worker keeps running
     assert running_container(clean_podman, "silvasonic-uploader-usb-a") is not None
+
+
+def test_a_full_temp_folder_is_disk_full_not_an_oom_kill(
+    podman_controller_env: dict[str, str],
+    clean_podman: PodmanEnv,
+    session: Session,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The worker's /tmp is a tmpfs: RAM charged to its 256m memory limit. Filled to the brim,
+    it must say "no space left" (the encode step then retries the pair later, never parking
+    it) while the worker runs on; a tmpfs the limit cannot hold ends in the OOM killer, which
+    may pick the worker itself."""
+    add_local_remote(session, tmp_path, "usb-a")
+
+    with running_controller(podman_controller_env, tmp_path / "controller.log"):
+        container = wait_for("the container", lambda: running_container(clean_podman, NAME))
+        # booted: the worker's own memory is in use
+        wait_for("its heartbeat", lambda: heartbeat(redis_url, "usb-a"), timeout_s=30)
+        pid = container.attrs["State"]["Pid"]
+
+        # when: the worker's user writes more into /tmp than the whole memory limit
+        fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1; echo exit=$?"
+        try:
+            _code, output = container.exec_run(["sh", "-c", fill])
+        except APIError as exc:  # the exec session died with the container
+            output = f"exec lost: {exc}".encode()
+        time.sleep(2)  # an OOM kill and Podman's restart would show by now
+        after = running_container(clean_podman, NAME)
+        if after is not None:
+            after.exec_run(["rm", "-f", "/tmp/fill"])
+
+    # then
+    assert b"No space left on device" in output, output
+    assert after is not None and after.attrs["State"]["Pid"] == pid  # never restarted
+    assert after.attrs["State"]["OOMKilled"] is False
 
 
 def test_uploader_stopped_when_remote_disabled(

@@ -91,7 +91,7 @@ def test_config_drift_recreates_the_container(
     with running_controller(podman_controller_env, log):
         before = wait_for("the container", lambda: running_container(clean_podman, NAME))
 
-    changed = {**podman_controller_env, "SILVASONIC_UPLOADER_MEMORY_LIMIT": "200m"}
+    changed = {**podman_controller_env, "SILVASONIC_UPLOADER_MEMORY_LIMIT": "320m"}
     with running_controller(changed, log) as controller:
 
         def recreated() -> Any | None:
@@ -102,9 +102,9 @@ def test_config_drift_recreates_the_container(
         drift = controller.wait_event("controller.container_recreated")
 
     assert before.attrs["HostConfig"]["Memory"] == 256 * MiB
-    assert after.attrs["HostConfig"]["Memory"] == 200 * MiB
+    assert after.attrs["HostConfig"]["Memory"] == 320 * MiB
     assert after.labels["io.silvasonic.config_hash"] != before.labels["io.silvasonic.config_hash"]
-    assert cgroup_v1_memory_limit(after.id) in (None, 200 * MiB)
+    assert cgroup_v1_memory_limit(after.id) in (None, 320 * MiB)
     assert drift["reason"] == "config_drift"
 
 

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from controller_ext.container_spec import UploaderEnvConfig
+from controller_ext.temp_budget import worker_temp_size
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/silvasonic_uploader:latest"
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
@@ -130,6 +133,26 @@ def test_the_controller_gets_the_container_socket(services: dict[str, Any]) -> N
     assert env["SILVASONIC_UPLOADER_IMAGE"] == IMAGE
     assert any(str(v).endswith(":/var/run/container.sock") for v in controller["volumes"])
     assert not controller.get("privileged", False)
+
+
+def test_as_shipped_a_workers_temp_tmpfs_fits_inside_its_memory_limit(
+    services: dict[str, Any],
+) -> None:
+    # the tmpfs is RAM in that limit: one that does not fit ends in an OOM kill, not disk full
+    def default(value: str) -> str:
+        match = VARIABLE.fullmatch(value)
+        return match["arg"] if match is not None and match["op"] == ":-" else value
+
+    compose_defaults = {k: default(v) for k, v in env_of(services["controller"]).items()}
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    memory_default = str(UploaderEnvConfig.model_fields["uploader_memory_limit"].default)
+    for source in (compose_defaults, example):
+        memory = source.get("SILVASONIC_UPLOADER_MEMORY_LIMIT", memory_default)
+        worker_temp_size(memory, source.get("SILVASONIC_UPLOADER_TEMP_SIZE"))  # raises if not
 
 
 def test_the_worker_image_is_a_build_template_under_the_managed_profile(

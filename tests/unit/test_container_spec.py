@@ -12,6 +12,7 @@ from controller_ext.container_spec import (
     LABEL_CONFIG_HASH,
     MountSpec,
     Tier2ServiceSpec,
+    TmpfsSpec,
     UploaderEnvConfig,
     build_uploader_spec,
     host_mode_health_port,
@@ -158,6 +159,7 @@ def test_a_worker_container_runs_unprivileged_with_secrets_as_files(
 ) -> None:
     # given
     monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "k" * 43 + "=")
+    monkeypatch.setenv("SILVASONIC_UPLOADER_MEMORY_LIMIT", "1g")
     monkeypatch.setenv("SILVASONIC_UPLOADER_TEMP_SIZE", "768m")
     spec = build_uploader_spec(remote())
     # when
@@ -212,6 +214,36 @@ def test_the_worker_user_and_temp_size_are_checked(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SILVASONIC_UPLOADER_TEMP_SIZE", "lots")
     with pytest.raises(ValueError):
         build_uploader_spec(remote())
+
+
+def temp_mount(spec: Tier2ServiceSpec) -> TmpfsSpec:
+    [tmp] = [t for t in spec.tmpfs if t.target == "/tmp"]
+    return tmp
+
+
+def test_the_temp_tmpfs_fits_inside_the_memory_limit_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the tmpfs is RAM charged to the container: the limit must also hold the worker itself
+    default = build_uploader_spec(remote())
+    monkeypatch.setenv("SILVASONIC_UPLOADER_MEMORY_LIMIT", "1g")
+    larger = build_uploader_spec(remote())
+
+    assert (default.memory_limit, temp_mount(default).size) == ("256m", "64m")
+    assert (larger.memory_limit, temp_mount(larger).size) == ("1g", "832m")
+    assert larger.config_hash != default.config_hash
+
+
+def test_a_temp_tmpfs_larger_than_the_memory_limit_allows_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SILVASONIC_UPLOADER_TEMP_SIZE", "512m")  # with the default 256m limit
+
+    with pytest.raises(ValueError, match="SILVASONIC_UPLOADER_MEMORY_LIMIT to at least 704m"):
+        build_uploader_spec(remote())
+
+    monkeypatch.setenv("SILVASONIC_UPLOADER_MEMORY_LIMIT", "704m")
+    assert temp_mount(build_uploader_spec(remote())).size == "512m"
 
 
 def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
