@@ -11,6 +11,7 @@ import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from podman.errors import APIError, NotFound
@@ -65,7 +66,18 @@ def cgroup_v1_memory_limit(container_id: str) -> int | None:
 
 
 SECRET_DB_PASSWORD = "Sys-t3st-db-pw-4417"
+SECRET_REDIS_PASSWORD = "Sys-t3st-redis-pw-2291"
 ENCRYPTION_KEY = generate_key()
+
+
+def with_redis_password(url: str) -> tuple[str, str]:
+    """``url`` with a password in it, and that password. A Redis without ``requirepass`` (this
+    machine's) takes any password given with its user name: its ``default`` user is nopass."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    netloc = f"default:{SECRET_REDIS_PASSWORD}@{parts.hostname}:{parts.port or 6379}"
+    return urlunsplit(parts._replace(netloc=netloc)), SECRET_REDIS_PASSWORD
 
 
 def test_uploader_started_for_active_remote(
@@ -78,13 +90,16 @@ def test_uploader_started_for_active_remote(
 ) -> None:
     add_local_remote(session, tmp_path, "usb-a")
     # a database URL with a password (this machine's PostgreSQL trusts local connections and
-    # ignores it) and an encryption key: both must reach the worker as files only
+    # ignores it), a Redis URL with one and an encryption key: all must reach the worker as
+    # files only
+    redis_with_password, redis_password = with_redis_password(redis_url)
     env = {
         **podman_controller_env,
         "SILVASONIC_DATABASE_URL": make_url(db_url)
         .set(password=SECRET_DB_PASSWORD)
         .render_as_string(hide_password=False),
         "SILVASONIC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "SILVASONIC_REDIS_URL": redis_with_password,
     }
 
     with running_controller(env, tmp_path / "controller.log") as controller:
@@ -121,7 +136,8 @@ def test_uploader_started_for_active_remote(
     assert status["Uid"].split()[:2] == ["10001", "10001"]
     # no secret in what `podman inspect` shows; the worker read them from its secret files
     inspected = json.dumps(container.attrs)
-    assert SECRET_DB_PASSWORD not in inspected and ENCRYPTION_KEY not in inspected
+    for secret in (SECRET_DB_PASSWORD, redis_password, redis_with_password, ENCRYPTION_KEY):
+        assert secret not in inspected
     env = container.attrs["Config"]["Env"]
     assert not [e for e in env if e.startswith(("POSTGRES_PASSWORD=", "SILVASONIC_REDIS_URL=",
                                                 "SILVASONIC_ENCRYPTION_KEY="))]  # fmt: skip
