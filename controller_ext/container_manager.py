@@ -313,8 +313,20 @@ class ContainerManager:
             log.debug("controller.stop_refused", name=name, detail=str(exc)[:200])
 
     def remove(self, name: str) -> None:
-        """Remove ``name`` (forced); one retry after 2 s, as upstream, for Podman's
-        "container is being stopped" races."""
+        """Remove ``name`` (forced), then its Podman secrets. Every way a worker goes — its
+        remote no longer wanted, a stale heartbeat, a recreate — passes here (the sync rule and
+        the heartbeat gate call ``stop`` and ``remove``), so no credential outlives its
+        container in Podman's secret store."""
+        self._remove_container(name)
+        try:
+            self._remove_secrets(name)
+        except APIError as exc:
+            if _connection_lost(exc):
+                raise self._unavailable(exc) from None
+            log.warning("controller.secrets_not_removed", name=name, error=type(exc).__name__)
+
+    def _remove_container(self, name: str) -> None:
+        """One retry after 2 s, as upstream, for Podman's "container is being stopped" races."""
         for attempt in (1, 2):
             container = self._find(name)
             if container is None:
@@ -340,11 +352,6 @@ class ContainerManager:
     def stop_and_remove(self, name: str, timeout_s: float | None = None) -> None:
         self.stop(name, timeout_s)
         self.remove(name)
-        try:
-            self._remove_secrets(name)
-        except APIError as exc:
-            if _connection_lost(exc):
-                raise self._unavailable(exc) from None
 
     def list_managed(self) -> list[ManagedInstance]:
         """Every uploader container of ours, running or not.

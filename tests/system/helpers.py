@@ -34,11 +34,17 @@ def podman_client(socket_path: str) -> PodmanClient:
 
 
 def remove_all_containers(client: PodmanClient) -> None:
+    """Every container, and every secret the controller made for one (the controller removes
+    them with their container, but a test's workers are removed here, behind its back)."""
     for container in client.containers.list(all=True):
         with contextlib.suppress(Exception):
             container.kill(signal="SIGKILL")  # remove(force) would wait out the stop timeout
         with contextlib.suppress(Exception):
             container.remove(force=True)
+    with contextlib.suppress(Exception):
+        for secret in client.secrets.list():
+            with contextlib.suppress(Exception):
+                secret.remove()
 
 
 def kill_leftover_conmons(storage_root: Path) -> int:

@@ -47,6 +47,10 @@ def find_container(podman: PodmanEnv, name: str) -> Any | None:
         raise
 
 
+def secret_names(podman: PodmanEnv) -> set[str]:
+    return {secret.name for secret in podman_client(podman.socket).secrets.list()}
+
+
 def running_container(podman: PodmanEnv, name: str) -> Any | None:
     container = find_container(podman, name)
     return container if container is not None and container.status == "running" else None
@@ -197,7 +201,9 @@ def test_uploader_stopped_when_remote_disabled(
     add_local_remote(session, tmp_path, "usb-a")
 
     with running_controller(podman_controller_env, tmp_path / "controller.log") as controller:
-        wait_for("the container", lambda: running_container(clean_podman, NAME))
+        container = wait_for("the container", lambda: running_container(clean_podman, NAME))
+        secrets = {s["Name"] for s in container.attrs["Config"]["Secrets"]}
+        assert secrets  # the Redis URL (this test's database URL has no password)
         declare_queue(redis_url, "usb-a")
         assert queue_keys_left(redis_url, "usb-a")
 
@@ -211,6 +217,8 @@ def test_uploader_stopped_when_remote_disabled(
             timeout_s=30,
         )
         wait_for("the queue purge", lambda: "controller.queue_purged" in controller.event_names())
+        # its credentials do not outlive it in Podman's secret store
+        wait_for("its secrets removed", lambda: not secrets & secret_names(clean_podman))
     assert queue_keys_left(redis_url, "usb-a") == []
 
 
