@@ -60,6 +60,9 @@ broker_transport_options = {
     # kombu 5.7: how often unacked messages older than VT are restored (default ~100 s)
     "unacked_restore_interval": _int("SILVASONIC_UNACKED_RESTORE_INTERVAL_S", 10),
     "unacked_restore_throttle": 1,
+    # kombu's Redis transport keeps one list per step and serves the lower number first
+    # (0 is the most urgent); two steps are all the pipeline uses (see STEP_PRIORITY below)
+    "priority_steps": [0, 6],
 }
 # survive Redis starting later or restarting: reconnect forever (6.0 reads only this setting)
 broker_connection_retry_on_startup = True
@@ -92,11 +95,13 @@ worker_max_memory_per_child = _int("SILVASONIC_MAX_MEMORY_PER_CHILD_KB", 150_000
 # SIGTERM (REMAP_SIGTERM=SIGQUIT, set by the worker command) returns in-flight work within this
 worker_soft_shutdown_timeout = _float("SILVASONIC_SOFT_SHUTDOWN_TIMEOUT_S", 8.0)
 worker_enable_soft_shutdown_on_idle = True
-# Flower (design.md §6). SILVASONIC_TASK_EVENTS=0 saves a busy worker ~8 ms CPU per 10 s pair
-# (its main process's CPU nearly halves; bench/README.md) on a station without Flower; Flower
-# switches them on again at run time (its enable_events), so it still works. The worker and
-# control-worker commands pass no --task-events flag: this setting decides.
-worker_send_task_events = _bool("SILVASONIC_TASK_EVENTS", True)
+# Task events, what Flower shows, are off unless SILVASONIC_TASK_EVENTS=1: they cost a busy
+# worker ~4-8 ms CPU per 10 s pair (its main process's CPU nearly halves; bench/README.md),
+# and nobody reads them on a station without Flower. Flower switches them on at run time
+# (its enable_events, every 5 s), so its dashboard fills within seconds of its start
+# (tests/integration/test_task_events.py). The worker and control-worker commands pass no
+# --task-events flag: this setting decides.
+worker_send_task_events = _bool("SILVASONIC_TASK_EVENTS", False)
 task_send_sent_event = worker_send_task_events
 worker_redirect_stdouts = False  # our structlog lines go to stdout as they are
 worker_hijack_root_logger = False
@@ -110,6 +115,14 @@ def upload_queue(remote_slug: str) -> str:
     """The one place that names a remote's queue (the controller purges it by this name)."""
     return f"{UPLOAD_QUEUE_PREFIX}{remote_slug}"
 
+
+#: Depth-first draining. A remote's queue holds the encodes of a whole batch; the upload and
+#: audit that an encode publishes would wait behind all of them (FIFO), so the worker would
+#: encode the batch before auditing its first pair: a batch of FLACs in the temp folder, and
+#: the success row (the Janitor's signal) a batch late. Redis serves the lower priority number
+#: first, so a pair's later steps and its errback overtake the waiting encodes: one pair at a
+#: time runs encode → upload → audit. Messages without a priority (older ones) count as 0.
+STEP_PRIORITY = {"encode": 6, "upload": 0, "audit": 0, "record_failure": 0}
 
 task_create_missing_queues = True  # upload.<slug> queues exist as soon as a chain is sent
 task_routes = {

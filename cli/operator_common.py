@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from controller_ext.nudge import send_nudge
-from controller_ext.queues import purge_queue_keys, queue_name
+from controller_ext.queues import purge_queue_keys, queue_name, queued_messages
 from uploader.db.schema import require_current_schema
 from uploader.errors import UploaderError
 from uploader.logs import configure_logging
@@ -168,7 +168,7 @@ def after_change(*, purge_slug: str | None = None) -> RedisEffects:
     try:
         if purge_slug is not None:
             try:
-                waiting = int(client.llen(queue_name(purge_slug)))
+                waiting = queued_messages(client, purge_slug)
                 purge_queue_keys(client, purge_slug)
                 effects.purged_messages = waiting
             except redis.RedisError as exc:

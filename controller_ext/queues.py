@@ -31,9 +31,18 @@ def queue_keys(slug: str) -> list[str]:
     return [name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"]
 
 
+def _priority_lists(client: redis.Redis[Any], slug: str) -> list[str | bytes]:
+    # slugs are [a-z0-9-] (uploader.remotes), so the name holds no glob characters
+    return list(client.scan_iter(match=f"{queue_name(slug)}{PRIORITY_SEPARATOR}*", count=100))
+
+
+def queued_messages(client: redis.Redis[Any], slug: str) -> int:
+    """Messages waiting in queue ``upload.<slug>``, over every priority list (the encodes wait
+    in a list of their own, celeryconfig.STEP_PRIORITY)."""
+    return sum(int(client.llen(key)) for key in [queue_name(slug), *_priority_lists(client, slug)])
+
+
 def purge_queue_keys(client: redis.Redis[Any], slug: str) -> int:
     """Delete every key of queue ``upload.<slug>``; returns how many existed."""
-    keys: list[str | bytes] = list(queue_keys(slug))
-    # slugs are [a-z0-9-] (uploader.remotes), so the name holds no glob characters
-    keys.extend(client.scan_iter(match=f"{queue_name(slug)}{PRIORITY_SEPARATOR}*", count=100))
+    keys: list[str | bytes] = [*queue_keys(slug), *_priority_lists(client, slug)]
     return int(client.delete(*keys))

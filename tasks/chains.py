@@ -1,14 +1,16 @@
 """The one chain builder: ``encode → upload → audit`` for one leased pair, with
 ``queue="upload.<slug>"`` on EVERY signature (chain-level options reach only the first task,
 and nobody consumes the default queue — celery-field-notes §2.4) and the errback on all of
-them. Messages carry ids, the lease token and the probe flag; never paths or secrets."""
+them. Each step carries its priority (``celeryconfig.STEP_PRIORITY``): a pair's upload and audit
+overtake the batch's waiting encodes, so pairs drain depth-first. Messages carry ids, the lease
+token and the probe flag; never paths or secrets."""
 
 from __future__ import annotations
 
 from celery import chain
 from celery.canvas import Signature
 
-from celeryconfig import upload_queue
+from celeryconfig import STEP_PRIORITY, upload_queue
 from uploader.leases import Lease
 
 
@@ -21,6 +23,7 @@ def build_chain(lease: Lease, *, probe: bool = False) -> Signature:
         upload.s(),
         audit.s(),
     ]
-    for step in steps:
-        step.set(queue=queue).on_error(record_failure.s().set(queue=queue))
+    for step, name in zip(steps, ("encode", "upload", "audit"), strict=True):
+        errback = record_failure.s().set(queue=queue, priority=STEP_PRIORITY["record_failure"])
+        step.set(queue=queue, priority=STEP_PRIORITY[name]).on_error(errback)
     return chain(*steps)

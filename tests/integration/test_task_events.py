@@ -1,64 +1,31 @@
-"""Celery task events (what Flower shows) follow ``SILVASONIC_TASK_EVENTS``: on by default, off
-when a station switches them off, and on again when a monitor asks at run time (Flower's
-``enable_events``). Watched on the real Redis, as Flower receives them."""
+"""Celery task events (what Flower shows) follow ``SILVASONIC_TASK_EVENTS``: off by default,
+on when a station switches them on, and on again when a monitor asks at run time (Flower's
+``enable_events``, every 5 s): a real Flower started against workers that began without events
+fills its dashboard within seconds. Watched on the real Redis, as Flower receives them."""
 
 from __future__ import annotations
 
 import base64
 import json
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from cli.flower import FlowerCredentials, flower_argv, flower_env
+from cli.local_servers import free_port
 from tests.factories import make_recording_with_wav
+from tests.fixtures.celery_events import EventTap
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import seed_station, success_rows
 
 WORKER = "uploader-archive@"
-
-
-class EventTap:
-    """Every Celery event published on this Redis database (kombu's fanout is PUBLISH)."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe("*celeryev*")
-        self.events: list[dict[str, object]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self.pubsub.get_message(timeout=0.2)
-            if msg is None:
-                continue
-            envelope = json.loads(msg["data"])
-            body = envelope["body"]
-            if envelope.get("properties", {}).get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            decoded = json.loads(body)  # one event, or a buffered batch of them
-            self.events.extend(decoded if isinstance(decoded, list) else [decoded])
-
-    def task_events_from(self, prefix: str) -> list[str]:
-        return [
-            str(e["type"])
-            for e in list(self.events)
-            if str(e.get("type", "")).startswith("task-")
-            and str(e.get("hostname", "")).startswith(prefix)
-        ]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.pubsub.close()
 
 
 @pytest.fixture
@@ -74,25 +41,25 @@ def _archive(tmp_path: Path) -> dict[str, object]:
     return {"type": "local", "target_path": str(folder)}
 
 
-def test_a_worker_sends_task_events_by_default(
+def test_a_worker_sends_task_events_when_switched_on(
     engine: Engine, stack: Stack, tap: EventTap, tmp_path: Path
 ) -> None:
     seed_station(engine, stack.workspace, recordings=2, remotes={"archive": _archive(tmp_path)})
-    stack.start_worker("archive")
+    stack.start_worker("archive", SILVASONIC_TASK_EVENTS="1")
     stack.start_dispatcher()
     assert wait_until(lambda: success_rows(engine, "archive") == 2, 90)
     assert wait_until(lambda: "task-succeeded" in tap.task_events_from(WORKER), 10)
     assert "task-received" in tap.task_events_from(WORKER)
 
 
-def test_switched_off_a_worker_sends_none_until_a_monitor_asks(
+def test_by_default_a_worker_sends_none_until_a_monitor_asks(
     engine: Engine, stack: Stack, tap: EventTap, tmp_path: Path
 ) -> None:
-    # given a worker with task events switched off
+    # given a worker started with the defaults
     ids = seed_station(
         engine, stack.workspace, recordings=2, remotes={"archive": _archive(tmp_path)}
     )
-    stack.start_worker("archive", SILVASONIC_TASK_EVENTS="0")
+    stack.start_worker("archive")
     stack.start_dispatcher()
     # then its pairs are uploaded without a single task event
     assert wait_until(lambda: success_rows(engine, "archive") == len(ids), 90)
@@ -118,6 +85,69 @@ def test_switched_off_a_worker_sends_none_until_a_monitor_asks(
         app.close()
 
 
+def _flower_tasks(url: str, auth: str) -> set[str]:
+    request = urllib.request.Request(f"{url}/api/tasks")
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return set()
+    return {str(t.get("name")) for t in body.values()} if isinstance(body, dict) else set()
+
+
+def test_flower_fills_its_dashboard_within_seconds_against_workers_without_events(
+    engine: Engine, stack: Stack, tap: EventTap, tmp_path: Path
+) -> None:
+    """What an operator sees: workers run with the default (no events); Flower is started
+    later, as `run --flower` or the compose service does, and shows the tasks soon after."""
+    # given a worker draining with the defaults: no events on Redis at all
+    seed_station(engine, stack.workspace, recordings=2, remotes={"archive": _archive(tmp_path)})
+    stack.start_worker("archive")
+    stack.start_dispatcher()
+    assert wait_until(lambda: success_rows(engine, "archive") == 2, 90)
+    assert tap.task_events_from(WORKER) == []
+    # and recordings keep arriving, one a second, as a recorder writes them
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.wait(1.0):
+            with Session(engine) as session:
+                make_recording_with_wav(session, stack.workspace, seconds=1.0)
+                session.commit()
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    try:
+        # when Flower starts, read-only and behind basic auth, as `run --flower` starts it
+        creds = FlowerCredentials("silvasonic", "flower-test-password")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        stack._spawn(
+            "flower",
+            flower_argv(),
+            stack.env(**{**flower_env(creds, port, tmp_path / "flower"), "FLOWER_PERSISTENT": "0"}),
+        )
+        assert wait_until(lambda: _answers(f"{url}/healthcheck"), 60), stack.logs("flower")
+        up = time.monotonic()
+        # then its dashboard shows the pipeline's tasks within seconds (Flower enables events
+        # every 5 s; the bound here is generous for a loaded machine, the figure is printed)
+        assert wait_until(lambda: "uploader.audit" in _flower_tasks(url, creds.basic_auth), 60)
+        print(f"Flower showed the first audit {time.monotonic() - up:.1f} s after it answered")
+        assert "task-succeeded" in tap.task_events_from(WORKER)
+    finally:
+        stop.set()
+        recorder.join(5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
 def test_a_step_that_ends_early_reaches_a_final_state_in_flower(
     engine: Engine, stack: Stack, tap: EventTap, tmp_path: Path
 ) -> None:
@@ -127,7 +157,7 @@ def test_a_step_that_ends_early_reaches_a_final_state_in_flower(
         engine, stack.workspace, recordings=1, remotes={"archive": _archive(tmp_path)},
         uploader={"enabled": False},
     )  # fmt: skip
-    stack.start_worker("archive")
+    stack.start_worker("archive", SILVASONIC_TASK_EVENTS="1")
     app = Celery(broker=stack.redis_url)
     try:
         stale = "00000000-0000-0000-0000-000000000001"

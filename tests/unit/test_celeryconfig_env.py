@@ -22,7 +22,7 @@ def _events(value: str | None) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, "True True"), ("", "True True"), ("1", "True True"), ("on", "True True"),
+    [(None, "False False"), ("", "False False"), ("1", "True True"), ("on", "True True"),
      ("0", "False False"), ("false", "False False"), ("No", "False False")],
 )  # fmt: skip
 def test_task_events_switch(value: str | None, expected: str) -> None:

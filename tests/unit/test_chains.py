@@ -46,3 +46,16 @@ def test_retry_countdown_is_capped_by_poll_interval() -> None:
 
     settings = StationSettings(uploader=UploaderSettings(poll_interval=3), system=SystemSettings())
     assert all(0 <= retry_countdown(n, settings) <= 3 for n in range(20))
+
+
+def test_a_pairs_later_steps_overtake_waiting_encodes(lease: Lease) -> None:
+    """Depth-first: Redis serves the lower number first, so upload, audit and the errback
+    must be more urgent than encode, and both must be lists the transport actually keeps."""
+    from celeryconfig import broker_transport_options
+
+    steps = build_chain(lease).tasks
+    encode, upload, audit = (s.options["priority"] for s in steps)
+    assert upload < encode and audit < encode
+    errbacks = [s.options["link_error"][0]["options"]["priority"] for s in steps]
+    assert all(p < encode for p in errbacks)
+    assert {encode, upload, audit, *errbacks} <= set(broker_transport_options["priority_steps"])
