@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import soundfile as sf
 from sqlalchemy import Engine, create_engine, text
 
@@ -254,12 +253,18 @@ class Harness:
 
     def __init__(self, prefix: str = "bench-") -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        # our own folder: as root the embedded servers run as their own user, which must be
+        # able to pass through it to their data folders (cli/local_servers.py); 0711 lists
+        # nothing to other users
+        os.chmod(self.tmp, 0o711)
         self.workspace = self.tmp / "workspace"
         self.workspace.mkdir()
         self.temp_root = self.tmp / "flac-tmp"
         self.logs = self.tmp / "logs"
         self.logs.mkdir()
-        self.pg = LocalPostgres(self.tmp / "pg" / "data")
+        # fsync off, as in the tests and the benches' earlier figures: both sides of a
+        # comparison share the server (a station's own PostgreSQL keeps fsync on)
+        self.pg = LocalPostgres(self.tmp / "pg" / "data", durable=False)
         self.redis = LocalRedis(self.tmp / "redis")
         self.services: dict[str, Service] = {}
         self.webdavs: list[WebDav] = []
@@ -272,8 +277,7 @@ class Harness:
         self.pg.start()
         self.redis.start()
         self.db_url = self.pg.url("silvasonic")
-        conn = psycopg2.connect(host="127.0.0.1", port=self.pg.port, user="postgres",
-                                dbname="postgres")  # fmt: skip
+        conn = self.pg.connect()
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE silvasonic")

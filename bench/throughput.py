@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from bench._harness import SENSOR, Harness, cpu_by_role, cpu_seconds, machine, make_wavs, tree_pids
 from uploader.flac_encoder import resolve_ffmpeg
 from uploader.rclone_client import RcloneClient, find_rclone_binary
@@ -80,9 +78,7 @@ class Bench:
         self.ffmpeg = resolve_ffmpeg()
         self.rclone = find_rclone_binary()
         self.run_no = 0
-        self.plain_db = psycopg2.connect(
-            host="127.0.0.1", port=h.pg.port, user="postgres", dbname="silvasonic"
-        )
+        self.plain_db = h.pg.connect("silvasonic")
         self.plain_db.autocommit = True
         with self.plain_db.cursor() as cur:
             cur.execute(
