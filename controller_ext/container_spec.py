@@ -124,7 +124,8 @@ class Tier2ServiceSpec(BaseModel):
     memory_limit: str
     cpu_limit: float
     oom_score_adj: int
-    # time a worker gets on stop to hand in-flight work back to its queue (design.md §6)
+    # time a worker gets on stop to hand in-flight work back to its queue
+    # (docs/design/0005-celery.md)
     stop_timeout_s: int = 30
 
     @property

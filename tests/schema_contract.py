@@ -1,4 +1,5 @@
-"""The SEED-ERA tables as the contract describes them (silvasonic-contract.md §1.1-1.5), written
+"""The SEED-ERA tables as upstream Silvasonic's 01-init-schema.sql defines them (the part we use:
+tests/fixtures/seed_era_schema.sql), written
 out once so the model test (tests/unit/test_models.py) and the migrated-database test
 (tests/integration/test_schema_contract.py) compare against the same table of expectations.
 

@@ -4,7 +4,7 @@ required component is healthy, 503 otherwise, JSON body
 
 A remote that is down or misconfigured is reported with ``required=False``: the worker is
 healthy while it can do its job, and a 503 would make the Controller recreate a healthy worker
-in a loop (design.md §5).
+in a loop (docs/design/0011-runtime.md).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_unhealthy_required_component_is_an_error(monitor: HealthMonitor) -> Non
 
 
 def test_unhealthy_optional_component_is_still_ok(monitor: HealthMonitor) -> None:
-    # a remote that is down is reported, not fatal (design.md §5)
+    # a remote that is down is reported, not fatal (docs/design/0011-runtime.md)
     monitor.update_status("remote", False, {"state": "unavailable"}, required=False)
     snap = monitor.snapshot()
     assert snap["status"] == "ok"
