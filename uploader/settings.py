@@ -125,7 +125,7 @@ def load_station_settings(session: Session) -> StationSettings:
 class DatabaseSettings(BaseSettings):
     """Where PostgreSQL is. ``SILVASONIC_DATABASE_URL`` wins; otherwise the URL is built from
     upstream's variables, accepting both the SEED-ERA (``POSTGRES_HOST/PORT``) and the HEAD
-    (``SILVASONIC_DB_HOST/PORT``) spellings (contract §1.7)."""
+    (``SILVASONIC_DB_HOST/PORT``) spellings (docs/design/0012-upstream.md §2)."""
 
     # no populate_by_name: it makes pydantic-settings also read an env variable named like the
     # field (a stray lower-case `host` or `port` would redirect the connection)

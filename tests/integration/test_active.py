@@ -231,7 +231,7 @@ def test_inactive_remotes_are_neither_required_nor_skipped(session: Session) -> 
 
 
 def test_is_active_null_is_inactive(session: Session) -> None:
-    # storage_remotes.is_active is nullable (contract §1.3); NULL is not "true"
+    # storage_remotes.is_active is nullable (docs/design/0012-upstream.md §1); NULL is not "true"
     _remotes(session, "on", "unknown")
     session.execute(text("UPDATE storage_remotes SET is_active = NULL WHERE slug = 'unknown'"))
     session.commit()

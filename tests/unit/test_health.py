@@ -1,4 +1,4 @@
-"""``HealthMonitor`` status rules and a real ``HealthServer`` on 127.0.0.1 (contract §7):
+"""``HealthMonitor`` status rules and a real ``HealthServer`` on 127.0.0.1 (docs/design/0012-upstream.md §4):
 200 while every required component is healthy, 503 otherwise, 404 elsewhere."""
 
 from __future__ import annotations

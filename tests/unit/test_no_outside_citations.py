@@ -36,6 +36,7 @@ OUTSIDE = re.compile(
             r"(?<![\w/])measurements\s+§",  # the measurements, by section
             r"style[- ]anchors",
             r"silvasonic[-]contract\.md",
+            r"\bcontract\s+(§|gap\b)",  # the upstream contract notes, by section or gap
             r"\.\./shared\b",
             r"/work[/]shared\b",
             r"(?<![\w./-])reference[/]",  # the shared folder's reference notes
@@ -97,6 +98,8 @@ def test_the_patterns_catch_every_spelling() -> None:
         "in the style" + " anchors",
         "the Celery field" + " notes",
         "silvasonic-" + "contract.md §1.1",
+        "health port (contract" + " §7)",
+        "(contract" + " gap 17)",
         "see ../" + "shared/design",
         "/work/" + "shared/refer" + "ence/x",
         "``refer" + "ence/measurements``",
@@ -109,6 +112,8 @@ def test_the_patterns_catch_every_spelling() -> None:
         "docs/pending.md §7 (Measured)",
         "the measurements in bench/README.md",
         "a cross-reference/link",
+        "docs/design/0012-upstream.md §4",
+        "the recorder contract: docs/controller.md §2",
     ]
     assert [line for line in ours if OUTSIDE.search(line)] == []
 
