@@ -1,5 +1,5 @@
-"""Every Celery setting, read from the environment (stdlib only; design.md §6, the reasons in
-``reference/celery-field-notes.md``). Check what a process would use with
+"""Every Celery setting, read from the environment (stdlib only; why, in
+docs/design/0005-celery.md and docs/celery.md). Check what a process would use with
 ``python -m celeryconfig`` (secrets masked).
 
 The only setting that carries a secret is ``broker_url`` (the Redis password), which Celery
@@ -34,8 +34,8 @@ def _bool(name: str, default: bool) -> bool:
 
 # -- broker --------------------------------------------------------------------------------
 broker_url = os.environ.get("SILVASONIC_REDIS_URL", "redis://localhost:6379/0")
-# PostgreSQL is the record; a Redis result backend would only cost memory (and hangs, §4 of
-# measurements.md).
+# PostgreSQL is the record; a Redis result backend would only cost memory (and result gets
+# were seen to hang: docs/design/0005-celery.md).
 result_backend = None
 task_ignore_result = True
 

@@ -11,7 +11,8 @@ plus its children, so ffmpeg's own CPU counts). Variants:
 - ``ffmpeg-bare``: the seed's plain ``ffmpeg … out.flac`` subprocess, nothing else;
 - ``verify``: ``verify_lossless`` alone (the share of the check in the two above).
 
-Numbers, not pass/fail: read the ratios (measurements.md §2 measured the same shapes).
+Numbers, not pass/fail: read the ratios (the figures and what they decided:
+docs/design/0006-transports.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from uploader.flac_encoder import encode_wav_to_flac, resolve_ffmpeg, verify_los
 
 def field_audio(seconds: float, rate: int, seed: int = 1) -> np.ndarray:
     """Noise floor near -50 dBFS (pink-ish + white), FM bird chirps, a steady tone, and at
-    384 kHz bat-like sweeps: roughly the content of measurements.md §1."""
+    384 kHz bat-like sweeps: roughly the content of a station's recordings."""
     rng = np.random.default_rng(seed)
     n = int(seconds * rate)
     t = np.arange(n) / rate

@@ -1,6 +1,6 @@
-"""Memory of one worker (design.md §8: ≤ 150 MB at rest, ≤ 256 MB under load), as PSS summed
-over all its processes: the Celery parent, the prefork pool child and the ``rclone rcd`` the
-child starts (and any ffmpeg/rclone child while it runs).
+"""Memory of one worker (docs/design/0009-targets.md: ≤ 150 MB at rest, ≤ 256 MB under
+load), as PSS summed over all its processes: the Celery parent, the prefork pool child and the
+``rclone rcd`` the child starts (and any ffmpeg/rclone child while it runs).
 
     uv run python bench/memory.py [--pairs 1000] [--remote webdav|local] [--json PATH]
 

@@ -1,4 +1,5 @@
-"""Pending-pairs query and dispatch cycle at a million recordings x 3 remotes (design.md §8).
+"""Pending-pairs query and dispatch cycle at a million recordings x 3 remotes
+(docs/design/0009-targets.md).
 
     uv run python bench/poller.py --rows 1000000 [--json out.json] [--database-url URL]
                                   [--keep | --reuse NAME]
@@ -61,7 +62,7 @@ DELETED_SHARE = 0.30
 BACKLOG_SHARE = 0.01
 FAILED_PERCENT = 1  # of the recordings still on disk, for "scattered"
 
-# the seed's query (measurements.md §5, V1): the design this replaces
+# the seed's query (docs/pending.md §2): the design this replaces
 SEED_ANTI_JOIN = text(
     """
     SELECT r.id, r.time, r.file_raw FROM recordings r
@@ -292,7 +293,8 @@ def _measure(engine: Engine, runs: int) -> dict[str, Any]:
         "dispatch_cycle": _dispatch_cycle(engine, factory, runs),
         "recompute_uploaded": _timed(factory, audit_logger.recompute_uploaded, 5),
     }
-    # measurements.md §5 (the baseline the target comes from) timed the server's side, so
+    # the first measurement of the seed's query (the baseline the target comes from,
+    # docs/pending.md §2) timed the server's side, so
     # pending_query_ms does too (planning + execution of the statements of one find); the
     # client's wall time, which also holds round trips, Python and this shared machine's
     # load, is reported beside it

@@ -8,7 +8,7 @@ daemon's start-up is measured separately and not counted per file.
 
     uv run python bench/rclone_transport.py [--files 50] [--runs 5] [--json PATH]
 
-Numbers, not pass/fail (design.md §7); loopback, so server CPU shares the machine.
+Numbers, not pass/fail (docs/design/0009-targets.md); loopback, so server CPU shares the machine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Per-pair cost of the whole system against the plain loop a script would be (design.md §8).
+"""Per-pair cost of the whole system against the plain loop a script would be
+(docs/design/0009-targets.md).
 
     uv run python bench/throughput.py [--quick] [--json PATH] [--engine E] [--transport T]
 
@@ -13,7 +14,7 @@ The same WAVs (10 s, 16-bit mono: a 48 kHz series and a 384 kHz series) go throu
   copyto x.flac remote:path`` and one INSERT (autocommit, one connection held open).
 
 Remotes on 127.0.0.1: ``rclone serve webdav`` (with ``pacer_min_sleep=0`` for both sides,
-as in measurements.md's lean+ figures) and a local folder. Runs are interleaved (system, plain,
+so rclone's pacer does not set the pace) and a local folder. Runs are interleaved (system, plain,
 plain, system, …) and repeated; the table shows medians, and CPU time (user+sys) beside wall
 time, because CPU time is less disturbed by other load on the machine. "CPU" of the system is
 its own processes (worker tree incl. rclone rcd, dispatcher tree); the servers' CPU (PostgreSQL,

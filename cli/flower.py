@@ -1,7 +1,7 @@
 """Flower for ``run --flower``: generated credentials in a 0600 file, everything else in
 Flower's environment (``FLOWER_*``), so no secret ever appears on a command line
-(design.md §6). Bound to 127.0.0.1, read-only (Flower ≥ 2.1 ``read_only``: no shutdown,
-revoke, pool or rate-limit operations from the web page or the API)."""
+(docs/design/0008-least-privilege.md). Bound to 127.0.0.1, read-only (Flower ≥ 2.1
+``read_only``: no shutdown, revoke, pool or rate-limit operations from the web page or the API)."""
 
 from __future__ import annotations
 

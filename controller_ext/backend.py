@@ -1,9 +1,9 @@
 """What a backend (Podman containers or local processes) looks like to the reconcile loop, and
 the one reconcile rule both share: :func:`sync_state`.
 
-The rule (upstream's ``ContainerManager.sync_state``, contract §6.4): start what is desired and
-missing; recreate what drifted from its spec (config hash) or stopped; remove what is no longer
-desired; keep — adopt — what matches. Both backends call it, so a container and a process
+The rule (upstream's ``ContainerManager.sync_state``, docs/design/0012-upstream.md §3): start what
+is desired and missing; recreate what drifted from its spec (config hash) or stopped; remove what is
+no longer desired; keep — adopt — what matches. Both backends call it, so a container and a process
 behave the same.
 """
 

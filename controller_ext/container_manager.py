@@ -1,5 +1,5 @@
 """Podman containers over ``SILVASONIC_CONTAINER_SOCKET`` (podman-py), upstream's
-``ContainerManager`` (contract §6.3-6.4) restricted to uploader containers.
+``ContainerManager`` (docs/design/0012-upstream.md §3) restricted to uploader containers.
 
 Only containers labelled ``io.silvasonic.owner=controller`` **and**
 ``io.silvasonic.service=uploader`` are ever listed, stopped or removed: the upstream Controller's

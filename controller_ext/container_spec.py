@@ -1,6 +1,7 @@
 """The container contract of one uploader worker: :class:`Tier2ServiceSpec` (upstream's shape,
-contract §6.1, plus an optional network mode and the command) and :func:`build_uploader_spec`,
-the only place that knows an uploader container's name, labels, environment, mounts and limits.
+docs/design/0012-upstream.md §3, plus an optional network mode and the command) and
+:func:`build_uploader_spec`, the only place that knows an uploader container's name, labels,
+environment, mounts and limits.
 
 The evaluator calls the factory once per running remote each cycle; the container manager and
 the process backend turn a spec into a container or a process. ``config_hash`` covers everything
@@ -37,7 +38,7 @@ OWNER = "controller"
 SERVICE = "uploader"
 NAME_PREFIX = "silvasonic-uploader-"
 
-# Inside the container (contract §1.1: the seed proposes /workspace/recorder, read-only).
+# Inside the container, read-only (docs/design/0012-upstream.md §3).
 CONTAINER_WORKSPACE = "/workspace/recorder"
 CONTAINER_KEYS_DIR = "/etc/silvasonic/keys"
 # where Podman mounts a container's secrets (the image's entrypoint and the CLI read NAME_FILE)
@@ -47,7 +48,8 @@ SECRETS_DIR = "/run/secrets"
 CONTAINER_TEMP = "/tmp"
 # the image's unprivileged user (Containerfile); the recorder contract: docs/controller.md §2
 DEFAULT_WORKER_USER = "10001:10001"
-# Tier-2 unified health port (contract §7); with host networking each worker needs its own.
+# Tier-2 unified health port (docs/design/0012-upstream.md §4); with host networking each
+# worker needs its own.
 HOST_MODE_PORT_SPAN = 1000
 # Controller variables a worker should see the same way (log format for the LogForwarder).
 PASSTHROUGH_ENV = (
@@ -124,7 +126,8 @@ class Tier2ServiceSpec(BaseModel):
     memory_limit: str
     cpu_limit: float
     oom_score_adj: int
-    # time a worker gets on stop to hand in-flight work back to its queue (design.md §6)
+    # time a worker gets on stop to hand in-flight work back to its queue
+    # (docs/design/0005-celery.md)
     stop_timeout_s: int = 30
 
     @property

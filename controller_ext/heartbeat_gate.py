@@ -1,7 +1,7 @@
-"""The heartbeat gate: a worker whose Redis heartbeat (``silvasonic:status:<slug>``, contract §7)
-is missing, stale, unreadable or reports an error is recreated — but only once it has had a
-start-up grace period, so a worker that is still importing Celery is not killed in a loop
-(contract gap 17: upstream has no grace).
+"""The heartbeat gate: a worker whose Redis heartbeat (``silvasonic:status:<slug>``,
+docs/design/0012-upstream.md §4) is missing, stale, unreadable or reports an error is recreated —
+but only once it has had a start-up grace period, so a worker that is still importing Celery is not
+killed in a loop (upstream has no grace: docs/design/0012-upstream.md §3).
 """
 
 from __future__ import annotations

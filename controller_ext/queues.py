@@ -2,7 +2,7 @@
 worker is retired for good (deactivated, deleted, beyond ``max_uploaders``).
 
 Plain redis-py, no Celery (controller_ext never imports it). The key names are kombu's Redis
-transport layout, measured in ``reference/celery-experiments`` #10: the list ``upload.<slug>``,
+transport layout (kombu 5.7, read from a real broker's keys): the list ``upload.<slug>``,
 one list per priority ``upload.<slug>\\x06\\x16<prio>``, and the binding sets
 ``_kombu.binding.upload.<slug>`` and ``_kombu.binding_permanent.upload.<slug>``. Dropping the
 messages loses nothing: the database is the record, and their leases expire and are claimed

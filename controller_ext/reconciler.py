@@ -85,8 +85,8 @@ class _Outage:
 
 
 class ReconciliationLoop:
-    """Upstream's ``ReconciliationLoop`` for uploader workers (contract §6.5), plus a start-up
-    grace period in the heartbeat gate and the queue purge."""
+    """Upstream's ``ReconciliationLoop`` for uploader workers (docs/design/0012-upstream.md §3),
+    plus a start-up grace period in the heartbeat gate and the queue purge."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The one chain builder: ``encode → upload → audit`` for one leased pair, with
 ``queue="upload.<slug>"`` on EVERY signature (chain-level options reach only the first task,
-and nobody consumes the default queue — celery-field-notes §2.4) and the errback on all of
+and nobody consumes the default queue — docs/design/0005-celery.md) and the errback on all of
 them. Each step carries its priority (``celeryconfig.STEP_PRIORITY``): a pair's upload and audit
 overtake the batch's waiting encodes, so pairs drain depth-first. Messages carry ids, the lease
 token and the probe flag; never paths or secrets."""

@@ -1,5 +1,5 @@
 """The pipeline tasks: thin adapters over ``uploader.pipeline`` that translate typed outcomes
-into Celery's words (design.md §4, style-anchors "A Celery task, in words").
+into Celery's words (docs/design/0010-layout.md, docs/design/0007-failure-kinds.md).
 
 - connection-level (``RemoteUnavailable``, a full temp dir) → ``self.retry`` with jittered
   exponential backoff, capped far below the visibility timeout and at the poll interval;

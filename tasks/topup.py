@@ -1,5 +1,6 @@
 """A worker whose leases run low asks the dispatcher for more at once (debounced), so a
-backlog drains at the speed of the link, not one batch per poll interval (design.md §4.1)."""
+backlog drains at the speed of the link, not one batch per poll interval
+(docs/design/0005-celery.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The SEED-ERA tables as the contract describes them (silvasonic-contract.md §1.1-1.5), written
-out once so the model test (tests/unit/test_models.py) and the migrated-database test
+"""The SEED-ERA tables as upstream Silvasonic defines them (docs/design/0012-upstream.md §1;
+the DDL: tests/fixtures/seed_era_schema.sql), written out once so the model test
+(tests/unit/test_models.py) and the migrated-database test
 (tests/integration/test_schema_contract.py) compare against the same table of expectations.
 
 Types are PostgreSQL's own names (``information_schema.columns.data_type``); server defaults

@@ -1,6 +1,6 @@
 """Which remotes count: the one definition of the *required* and the *running* remotes
-(design.md §2). The dispatcher, the completion rule, the controller's evaluator and
-``status`` all call :func:`active_remotes`.
+(docs/design/0002-required-remotes.md). The dispatcher, the completion rule, the controller's
+evaluator and ``status`` all call :func:`active_remotes`.
 
 - required: ``is_active = true``, ordered ``created_at ASC, slug ASC``, cut to
   ``system.max_uploaders``. Completion is judged against exactly these, whatever

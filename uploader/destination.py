@@ -6,7 +6,7 @@ WebDAV URL, another S3 endpoint or bucket, another SFTP host), the recordings up
 are not at the new place. So every success row records the destination fingerprint it was
 verified at (``uploads.destination``), and the completion rule, the pending walk and the
 ``pair_state`` clean-up count only successes at the remote's *current* destination
-(docs/design/destination.md).
+(docs/design/0001-janitor-contract.md).
 
 What is in the fingerprint: the remote's type, its ``target_path`` (the folder, or the S3
 bucket and prefix), and per type the options that name the server or the root the path is

@@ -1,7 +1,8 @@
 """One dispatch cycle, without Celery: read the settings, honour the pause and the window,
 and top up each running remote's leases to ``batch_size`` (a remote that is not ok gets a
 single probe pair, when its breaker allows one: ``uploader.remote_state``). The Celery task
-publishes one chain per returned lease after this transaction has committed (design.md §4.1)."""
+publishes one chain per returned lease after this transaction has committed
+(docs/design/0003-leases.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The only module that drives ffmpeg and libsndfile and maps their failures onto
 ``uploader.errors``; the encode task calls :func:`encode_wav_to_flac`. Two engines:
 ``ffmpeg`` (the seed's subprocess, about 50 ms of start-up per file) and ``libflac`` (in-process
-through soundfile/libsndfile, no start-up: 5–12× faster on 10 s segments, measurements.md §2).
+through soundfile/libsndfile, no start-up: 5–12× faster on 10 s segments,
+docs/design/0006-transports.md).
 
 Every ffmpeg output is decoded again and compared sample by sample with its WAV, because ffmpeg
 was seen to lose audio while reporting success: it silently truncates 32-bit WAVs to 24 bits,

@@ -1,10 +1,10 @@
-"""``/healthy`` as upstream's ``HealthMonitor`` serves it (contract §7): 200 when every
-required component is healthy, 503 otherwise, JSON body
+"""``/healthy`` as upstream's ``HealthMonitor`` serves it (docs/design/0012-upstream.md §4): 200
+when every required component is healthy, 503 otherwise, JSON body
 ``{"status", "live", "components": {name: {"healthy", "details", "required"}}}``.
 
 A remote that is down or misconfigured is reported with ``required=False``: the worker is
 healthy while it can do its job, and a 503 would make the Controller recreate a healthy worker
-in a loop (design.md §5).
+in a loop (docs/design/0011-runtime.md).
 """
 
 from __future__ import annotations

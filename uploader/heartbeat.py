@@ -1,6 +1,6 @@
-"""The Redis heartbeat, in upstream's shape (contract §7): ``SET silvasonic:status:<id>`` with a
-TTL of at least 30 s, then ``PUBLISH silvasonic:status``. Fire and forget: a publish error is
-logged, never raised (a Redis outage must not stop uploads)."""
+"""The Redis heartbeat, in upstream's shape (docs/design/0012-upstream.md §4):
+``SET silvasonic:status:<id>`` with a TTL of at least 30 s, then ``PUBLISH silvasonic:status``.
+Fire and forget: a publish error is logged, never raised (a Redis outage must not stop uploads)."""
 
 from __future__ import annotations
 

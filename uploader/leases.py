@@ -1,4 +1,4 @@
-"""Leases and parking of (recording, remote) pairs (design.md §2 "lease", "parked pair").
+"""Leases and parking of (recording, remote) pairs (docs/design/0003-leases.md).
 
 A lease is a row of ``pair_state`` with a token and ``lease_until``: the dispatcher claims
 pairs, every pipeline step checks or renews the token, and a step whose token no longer
@@ -312,7 +312,7 @@ def record_file_failure(
     """Count one file-level failure, store the (redacted) error, drop the lease; True when
     this failure parked the pair until ``now() + park_window_hours``.
 
-    Only for file-level failures (design.md §5): connection and config failures
+    Only for file-level failures (docs/design/0007-failure-kinds.md): connection and config failures
     :func:`release` instead. A pair retried after its park window already has
     ``max_file_attempts`` failures, so one more parks it again. A stale token does nothing
     and returns False.

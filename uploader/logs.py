@@ -1,6 +1,6 @@
-"""structlog set-up, as upstream Silvasonic does it (contract §7): console output in
-development mode (``SILVASONIC_DEVELOPMENT_MODE``, default true), JSON lines otherwise, so the
-Controller's LogForwarder can read them. Event names are ``<area>.<what_happened>``.
+"""structlog set-up, as upstream Silvasonic does it (docs/design/0012-upstream.md §4): console
+output in development mode (``SILVASONIC_DEVELOPMENT_MODE``, default true), JSON lines otherwise, so
+the Controller's LogForwarder can read them. Event names are ``<area>.<what_happened>``.
 
 Celery, kombu and redis-py log through the standard library; their records go through the
 same renderer (JSON with ``logger_name`` in production), so a broker warning reaches the
@@ -33,7 +33,7 @@ class StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _logger_name(_logger: object, _method: str, event: EventDict) -> EventDict:
-    """A library record's logger, under the contract's key (structlog's own says ``logger``)."""
+    """A library record's logger, under upstream's key (structlog's own says ``logger``)."""
     event["logger_name"] = event["_record"].name
     return event
 

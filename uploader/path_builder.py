@@ -1,6 +1,6 @@
 """Where a recording goes on a remote, and where it is read from locally.
 
-The only module that knows the remote path convention (design.md §5)::
+The only module that knows the remote path convention (docs/design/0011-runtime.md)::
 
     [<target_path>/]silvasonic/<station_slug>/<sensor_id>/<YYYY-MM-DD>/<stem>.flac
 

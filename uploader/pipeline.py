@@ -1,4 +1,5 @@
-"""The steps of one pair, as plain functions the Celery tasks adapt (design.md §4).
+"""The steps of one pair, as plain functions the Celery tasks adapt
+(docs/design/0010-layout.md, docs/design/0005-celery.md).
 
 Nothing here holds a database session across a transfer: the task reads a :class:`PairJob`
 in a short transaction, encodes and uploads without one, and audits in another. The FLAC of a

@@ -1,4 +1,5 @@
-"""Child processes that die with the work that started them (design.md §6).
+"""Child processes that die with the work that started them
+(docs/design/0006-transports.md).
 
 A child runs in its own session, hence its own process group, so it can be killed as a group
 (rclone has no children today, but a group kill survives that changing) and a Ctrl-C at a

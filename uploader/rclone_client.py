@@ -4,7 +4,8 @@ The front door of the rclone client, which alone knows rclone's flags and error 
 ``rclone_errors`` (the classification table), ``rclone_limits`` (bandwidth and hard limits),
 ``rclone_config`` (remote → environment), ``rclone_daemon`` (the rc protocol) are its parts,
 re-exported here; nothing outside ``uploader/rclone_*`` knows rclone. The upload task calls
-:meth:`RcloneClient.upload_file` and acts on :attr:`RcloneResult.error_kind` (design.md §4.3).
+:meth:`RcloneClient.upload_file` and acts on :attr:`RcloneResult.error_kind`
+(docs/design/0007-failure-kinds.md).
 docs/rclone.md has the flags, the classification table and the measured cost of each
 transport.
 

@@ -42,8 +42,8 @@ BACKEND_DEFAULTS: dict[str, dict[str, str]] = {
 
 # Parent environment passed through to rclone: TLS trust, proxies, locale, home for its cache.
 # Everything else (database URLs, the Fernet key, the parent's own RCLONE_* tuning) stays out.
-# AWS_CA_BUNDLE is safe with rclone >= 1.61 (1.60's s3 backend fails on it; measurements §3);
-# v1.75 was verified against `rclone serve s3` with it set.
+# AWS_CA_BUNDLE is safe with rclone >= 1.61 (1.60's s3 backend fails on it;
+# docs/design/0006-transports.md); v1.75 was verified against `rclone serve s3` with it set.
 PASSTHROUGH_ENV = (
     "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE",

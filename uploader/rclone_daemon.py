@@ -1,8 +1,8 @@
 """One long-lived ``rclone rcd`` per worker process and remote: the fast transport.
 
 A process per file costs rclone ~40-50 ms of start-up; one daemon costs 2-6 ms per file
-(measurements.md §3b). Part of the rclone client (``uploader.rclone_client`` builds the flags
-and the environment and classifies what comes back); this module knows the rc protocol:
+(docs/design/0006-transports.md). Part of the rclone client (``uploader.rclone_client`` builds
+the flags and the environment and classifies what comes back); this module knows the rc protocol:
 ``operations/copyfile`` as an async job, ``job/status`` polling, ``job/stop``.
 
 Security: the daemon listens only on a Unix socket inside a private ``0700`` directory (the

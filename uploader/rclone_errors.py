@@ -12,7 +12,7 @@ from enum import StrEnum
 
 
 class RcloneErrorKind(StrEnum):
-    """What the caller does about a failed upload (design.md §4.3)."""
+    """What the caller does about a failed upload (docs/design/0007-failure-kinds.md)."""
 
     #: it worked
     NONE = "none"

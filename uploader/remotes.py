@@ -1,7 +1,8 @@
 """Remote configuration: the schema of ``storage_remotes.config`` per ``type``, the allowlist
-of extra rclone options, secret handling, and the remote slug rule (design.md §5).
+of extra rclone options, secret handling, and the remote slug rule
+(docs/design/0011-runtime.md).
 
-Field names follow upstream (contract §1.4): webdav ``url/user/pass/vendor``, s3
+Field names follow upstream (docs/design/0012-upstream.md §1): webdav ``url/user/pass/vendor``, s3
 ``access_key_id/secret_access_key/endpoint/region/acl/provider``, sftp
 ``host/user/pass/key_file/port``; a ``local`` remote has no fields (its folder is
 ``target_path``). Anything that would make rclone run a command or read an arbitrary local file

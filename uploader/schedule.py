@@ -1,4 +1,5 @@
-"""The upload window (``schedule_start_hour``/``schedule_end_hour``), in UTC (design.md §5).
+"""The upload window (``schedule_start_hour``/``schedule_end_hour``), in UTC
+(docs/design/0011-runtime.md).
 
 Both null, either null, or ``start == end`` mean no window (always on); ``start < end`` is a
 same-day window ``[start, end)``; ``start > end`` wraps midnight (22→6 = 22:00–06:00).

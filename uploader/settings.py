@@ -2,8 +2,9 @@
 settings (``system_config`` keys ``uploader`` and ``system``).
 
 Nothing here is instantiated at import time: each process builds what it needs and passes it
-into domain functions. The database-held settings are reread every cycle (design.md §5), so an
-operator's change applies without a restart. Defaults here must equal ``config/defaults.yml``.
+into domain functions. The database-held settings are reread every cycle
+(docs/design/0011-runtime.md), so an operator's change applies without a restart. Defaults here
+must equal ``config/defaults.yml``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class UploaderSettings(BaseModel):
     schedule_start_hour: int | None = Field(default=None, ge=0, le=23)
     schedule_end_hour: int | None = Field(default=None, ge=0, le=23)
     batch_size: int = Field(default=50, ge=1, le=1000)
-    # ours (design.md §2, §5): parking of pairs whose file keeps failing
+    # ours (docs/design/0007-failure-kinds.md): parking of pairs whose file keeps failing
     max_file_attempts: int = Field(default=3, ge=1, le=100)
     park_window_hours: int = Field(default=24, ge=1, le=24 * 365)
 
@@ -124,7 +125,7 @@ def load_station_settings(session: Session) -> StationSettings:
 class DatabaseSettings(BaseSettings):
     """Where PostgreSQL is. ``SILVASONIC_DATABASE_URL`` wins; otherwise the URL is built from
     upstream's variables, accepting both the SEED-ERA (``POSTGRES_HOST/PORT``) and the HEAD
-    (``SILVASONIC_DB_HOST/PORT``) spellings (contract §1.7)."""
+    (``SILVASONIC_DB_HOST/PORT``) spellings (docs/design/0012-upstream.md §2)."""
 
     # no populate_by_name: it makes pydantic-settings also read an env variable named like the
     # field (a stray lower-case `host` or `port` would redirect the connection)

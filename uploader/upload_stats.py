@@ -6,7 +6,8 @@ its log. Failures are always logged one by one.
 Events: ``upload.completed``, ``upload.failed``, ``upload.connection_aborted``,
 ``upload.skipped_missing``, ``upload.startup_phase_complete`` (once), ``upload.summary``,
 ``upload.final_summary``. These counters feed log lines only; what the heartbeat reports lives
-in Redis or the database (design.md §5), because prefork parent and child both need it.
+in Redis or the database (docs/design/0011-runtime.md), because prefork parent and child both
+need it.
 Single-threaded by design (one task at a time per worker process), so no lock.
 """
 

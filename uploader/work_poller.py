@@ -1,4 +1,4 @@
-"""What "pending" means (design.md §2), and the only code that knows it.
+"""What "pending" means (docs/design/0004-pending-cursor.md), and the only code that knows it.
 
 A pair (recording, remote) is pending when the recording is not ``local_deleted``, the remote
 has no success row in ``uploads`` for it at the remote's current destination

@@ -1,7 +1,7 @@
 """Per-remote worker counters in Redis (``uploaded_count``, ``failed_count``, bytes,
 ``last_upload_at``): written by the prefork child that runs the tasks, read by the parent's
-heartbeat, so they must not live in the child's memory (design.md §5). Best effort: a Redis
-hiccup loses a count, never an upload (the audit table is the record)."""
+heartbeat, so they must not live in the child's memory (docs/design/0011-runtime.md).
+Best effort: a Redis hiccup loses a count, never an upload (the audit table is the record)."""
 
 from __future__ import annotations
 

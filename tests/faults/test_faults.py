@@ -1,4 +1,5 @@
-"""Fault injection on the real stack (design.md §8 "Reliability"; issue 7).
+"""Fault injection on the real stack (docs/design/0009-targets.md, the reliability
+target; issue 7).
 
 Each test runs the dispatcher, two workers and two remotes (``rclone serve webdav``, which the
 remote-down fault stops and starts, and a local folder) on PRIVATE PostgreSQL and Redis

@@ -1,6 +1,7 @@
 """``active_remotes`` (and ``required_slugs``, which must agree with it) on real PostgreSQL: order, the ``max_uploaders`` cap, the global pause,
 misconfigured remotes (invalid config, or a worker's mark that a config change clears), empty
-sets and ``is_active`` NULL (design.md §2)."""
+sets and ``is_active`` NULL
+(docs/design/0002-required-remotes.md)."""
 
 from __future__ import annotations
 
@@ -204,7 +205,7 @@ def test_mark_without_fingerprint_holds(session: Session) -> None:
 
 
 def test_unavailable_remote_keeps_running(session: Session) -> None:
-    # down is not misconfigured: its worker keeps probing (design.md §4, step 3)
+    # down is not misconfigured: its worker keeps probing (docs/design/0007-failure-kinds.md)
     make_remote(session, "nc", type="webdav", config=WEBDAV_OK)
     _mark(session, "nc", "unavailable", config_fingerprint("webdav", WEBDAV_OK, None))
     session.commit()
@@ -230,7 +231,7 @@ def test_inactive_remotes_are_neither_required_nor_skipped(session: Session) -> 
 
 
 def test_is_active_null_is_inactive(session: Session) -> None:
-    # storage_remotes.is_active is nullable (contract §1.3); NULL is not "true"
+    # storage_remotes.is_active is nullable (docs/design/0012-upstream.md §1); NULL is not "true"
     _remotes(session, "on", "unknown")
     session.execute(text("UPDATE storage_remotes SET is_active = NULL WHERE slug = 'unknown'"))
     session.commit()

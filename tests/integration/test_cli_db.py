@@ -67,7 +67,7 @@ def test_db_upgrade_then_check(env: pytest.MonkeyPatch, empty_db_url: str) -> No
 
 
 def test_db_upgrade_from_postgres_variables(env: pytest.MonkeyPatch, empty_db_url: str) -> None:
-    # the Controller injects POSTGRES_* and both host spellings, no URL (contract §8.7)
+    # the Controller injects POSTGRES_* and both host spellings, no URL (docs/design/0012-upstream.md §2)
     url = make_url(empty_db_url)
     env.setenv("POSTGRES_USER", url.username or "postgres")
     env.setenv("POSTGRES_PASSWORD", url.password or "unused-with-trust-auth")

@@ -237,7 +237,7 @@ def test_s3_works_with_aws_ca_bundle_set(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """rclone 1.60's s3 backend fails when AWS_CA_BUNDLE is set (measurements §3); the pinned
+    """rclone 1.60's s3 backend fails when AWS_CA_BUNDLE is set (docs/design/0006-transports.md); the pinned
     1.75 does not, so we pass the station's CA bundle through instead of dropping it."""
     bundle = next(
         (p for p in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")

@@ -76,7 +76,7 @@ def test_migrated_table_matches_contract(migrated: Engine, table: str) -> None:
         assert (name in pk) is want.pk, where
         assert fks.get(name) == want.fk, where
         assert (name in unique) is want.unique, where
-    assert all(action is None for action in on_delete), f"{table}: no ON DELETE in the contract"
+    assert all(action is None for action in on_delete), f"{table}: upstream has no ON DELETE"
 
 
 def test_migrated_database_has_the_seed_era_indexes(migrated: Engine) -> None:
@@ -91,7 +91,7 @@ def test_migrated_database_has_the_seed_era_indexes(migrated: Engine) -> None:
 
 def test_upload_info_default_lets_a_head_era_indexer_insert(migrated: Engine) -> None:
     """Upstream dropped ``upload_info`` after SEED-ERA; an Indexer that no longer names it must
-    still be able to insert into a database we created (the contract's DEFAULT '{}')."""
+    still be able to insert into a database we created (upstream's DEFAULT '{}')."""
     with migrated.begin() as conn:
         conn.execute(
             text(

@@ -1,5 +1,5 @@
 """The system_config loader against real PostgreSQL: JSONB in, settings out, changes seen on
-the next read (design.md §5: settings apply without a restart)."""
+the next read (docs/design/0011-runtime.md: settings apply without a restart)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 processes (prefork), ffmpeg/libFLAC and rclone, remotes on this machine.
 
 The seed's ``test_full_pipeline_mock_rclone`` runs here with the real rclone (no mocks in
-integration tests, design.md §7)."""
+integration tests, docs/design/0009-targets.md)."""
 
 from __future__ import annotations
 

@@ -312,7 +312,8 @@ def test_uploader_readonly_workspace(
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts["/workspace/recorder"]["Source"] == str(workspace / "recorder")
     assert mounts["/workspace/recorder"]["RW"] is False
-    assert mounts[str(folder)]["RW"] is True  # a local remote's folder (design.md §5)
+    # a local remote's folder (docs/design/0008-least-privilege.md)
+    assert mounts[str(folder)]["RW"] is True
 
     code, output = container.exec_run(["/bin/sh", "-c", "touch /workspace/recorder/probe"])
     assert code != 0 and b"Read-only file system" in output

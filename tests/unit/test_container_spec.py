@@ -1,4 +1,4 @@
-"""The uploader container contract (seed Phase 2 table, contract §6 and "must match" 6-7)."""
+"""The uploader container contract (docs/design/0012-upstream.md §3, docs/controller.md §2)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_uploader_readonly_mounts() -> None:
     assert spec.mounts == [
         MountSpec(source=f"{WORKSPACE}/recorder", target="/workspace/recorder", read_only=True)
     ]
-    # podman mode "ro", never "ro,z" (podman-py turns that into a 500, contract §6.1)
+    # podman mode "ro", never "ro,z" (podman-py turns that into a 500, docs/design/0012-upstream.md §3)
     volumes = spec.to_podman_kwargs()["volumes"]
     assert volumes == {f"{WORKSPACE}/recorder": {"bind": "/workspace/recorder", "mode": "ro"}}
 

@@ -1,4 +1,4 @@
-"""``HealthMonitor`` status rules and a real ``HealthServer`` on 127.0.0.1 (contract §7):
+"""``HealthMonitor`` status rules and a real ``HealthServer`` on 127.0.0.1 (docs/design/0012-upstream.md §4):
 200 while every required component is healthy, 503 otherwise, 404 elsewhere."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_unhealthy_required_component_is_an_error(monitor: HealthMonitor) -> Non
 
 
 def test_unhealthy_optional_component_is_still_ok(monitor: HealthMonitor) -> None:
-    # a remote that is down is reported, not fatal (design.md §5)
+    # a remote that is down is reported, not fatal (docs/design/0011-runtime.md)
     monitor.update_status("remote", False, {"state": "unavailable"}, required=False)
     snap = monitor.snapshot()
     assert snap["status"] == "ok"

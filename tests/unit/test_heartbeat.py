@@ -1,4 +1,4 @@
-"""Heartbeat payload and TTL in upstream's shape (contract §7); a publish that cannot reach
+"""Heartbeat payload and TTL in upstream's shape (docs/design/0012-upstream.md §4); a publish that cannot reach
 Redis is logged, never raised. Publishing to a real Redis: tests/integration/test_heartbeat_redis.py."""
 
 from __future__ import annotations

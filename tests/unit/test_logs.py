@@ -1,5 +1,5 @@
 """``uploader.logs``: our events and the libraries' records through one renderer, JSON lines
-with the contract's keys in production, Celery's per-task lines kept quiet."""
+with upstream's keys in production, Celery's per-task lines kept quiet."""
 
 from __future__ import annotations
 

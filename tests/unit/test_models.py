@@ -83,7 +83,7 @@ def test_column_matches_contract(table: str, column: str) -> None:
 
 @pytest.mark.parametrize("table", sorted(SEED_ERA_TABLES))
 def test_foreign_keys_have_no_on_delete_action(table: str) -> None:
-    # contract §1.2: no ON DELETE anywhere; referenced remotes are deactivated, never deleted
+    # docs/design/0012-upstream.md §1: no ON DELETE anywhere; referenced remotes are deactivated, never deleted
     for fk in _table(table).foreign_keys:
         assert fk.ondelete is None, f"{table}.{fk.parent.name}"
 

@@ -747,7 +747,7 @@ def test_process_state_dir_is_per_station(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_controller_ext_never_imports_celery() -> None:
-    """design.md §3: the controller extension must run where Celery is not installed."""
+    """docs/design/0010-layout.md: the controller extension must run where Celery is not installed."""
     import subprocess
     import sys
 

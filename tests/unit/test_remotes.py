@@ -1,5 +1,5 @@
 """Remote configuration: per-type schemas, the allowlist, key-file locations, ``enc:`` secrets,
-the slug rule and the config fingerprint (design.md §5). Every refusal names the field and
+the slug rule and the config fingerprint (docs/design/0011-runtime.md). Every refusal names the field and
 never the value."""
 
 from __future__ import annotations

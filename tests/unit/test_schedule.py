@@ -1,4 +1,4 @@
-"""The upload window in UTC (design.md §5): null or start == end means always; start < end is
+"""The upload window in UTC (docs/design/0011-runtime.md): null or start == end means always; start < end is
 ``[start, end)``; start > end wraps midnight. The first four tests carry the seed's names."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_overnight_window_every_hour(hour: int) -> None:
 
 @pytest.mark.parametrize("hours", [(0, 0), (6, 6), (23, 23)])
 def test_start_equal_end_is_always_on(hours: tuple[int, int]) -> None:
-    # upstream's quirk made this "never"; ours: no window at all (design.md §5)
+    # upstream's quirk made this "never"; ours: no window at all (docs/design/0011-runtime.md)
     assert all(is_within_window(*hours, at(h)) for h in range(24))
 
 

@@ -273,7 +273,7 @@ def test_head_spelling_is_read(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_head_spelling_wins_when_both_are_set(clean_env: pytest.MonkeyPatch) -> None:
-    # the Controller injects both spellings (contract §8.7); HEAD's is the current one
+    # the Controller injects both spellings (docs/design/0012-upstream.md §2); HEAD's is the current one
     clean_env.setenv("POSTGRES_HOST", "seed-host")
     clean_env.setenv("POSTGRES_PORT", "1111")
     clean_env.setenv("SILVASONIC_DB_HOST", "head-host")
@@ -372,7 +372,7 @@ def test_service_settings_repr_hides_the_redis_password(clean_env: pytest.Monkey
 def test_effective_instance_id(
     clean_env: pytest.MonkeyPatch, instance_id: str | None, slug: str | None, expected: str
 ) -> None:
-    # upstream convention: an uploader's instance id is its remote slug (contract §7)
+    # upstream convention: an uploader's instance id is its remote slug (docs/design/0012-upstream.md §4)
     if instance_id is not None:
         clean_env.setenv("SILVASONIC_INSTANCE_ID", instance_id)
     if slug is not None:

@@ -21,7 +21,7 @@ from uploader.settings import DatabaseSettings
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
 
-# connect timeout and pool timeout as upstream's session factory (contract §1.7)
+# connect timeout and pool timeout as upstream's session factory (docs/design/0012-upstream.md §2)
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 5
 #: a pooled connection idle for longer than this is pinged before use

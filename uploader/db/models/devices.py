@@ -1,4 +1,4 @@
-"""Silvasonic's ``devices`` and ``microphone_profiles`` (contract §1.5).
+"""Silvasonic's ``devices`` and ``microphone_profiles`` (docs/design/0012-upstream.md §1).
 
 The uploader never writes these; ``recordings.sensor_id`` points at ``devices.name``.
 """

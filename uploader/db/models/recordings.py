@@ -1,4 +1,4 @@
-"""Silvasonic's ``recordings`` table (SEED-ERA columns, contract §1.1).
+"""Silvasonic's ``recordings`` table (SEED-ERA columns, docs/design/0012-upstream.md §1).
 
 The Indexer owns the rows; the uploader only reads them and sets ``uploaded``/``uploaded_at``.
 """

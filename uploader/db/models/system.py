@@ -1,4 +1,4 @@
-"""Silvasonic's ``system_config`` key/value table (contract §1.5)."""
+"""Silvasonic's ``system_config`` key/value table (docs/design/0012-upstream.md §1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The uploader's tables: ``storage_remotes`` and ``uploads`` (SEED-ERA, contract §1.2-1.3)
-plus our own bookkeeping (``pair_state``, ``remote_cursor``, ``remote_status``).
+"""The uploader's tables: ``storage_remotes`` and ``uploads`` (SEED-ERA,
+docs/design/0012-upstream.md §1) plus our own bookkeeping (``pair_state``, ``remote_cursor``,
+``remote_status``).
 
 ``uploads`` is the immutable audit: rows are only ever inserted. Our extra columns on it are
 nullable so a SEED-ERA database keeps every row it had.
