@@ -1,7 +1,7 @@
 """Where a worker's time per pair goes: cProfile in the pool child, and every SQL statement
 counted, over N pairs to one remote (the tool behind the changes bench/README.md lists).
 
-    uv run python bench/profile_worker.py [--pairs 200] [--remote local|webdav] [--top 40]
+    uv run python bench/profile_worker.py [--pairs 200] [--remote local|webdav] [--rate 48000] [--top 40]
 
 Runs the real dispatcher and one worker (through this file's ``--child`` entry, which adds the
 profiler and a SQLAlchemy statement counter to the pool child and then runs the normal
@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="cumulative")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--rate", type=int, default=48_000, help="sample rate of the 10 s WAVs")
     parser.add_argument("--cpu", action="store_true", help="profile CPU time, not wall time")
     parser.add_argument("--main", action="store_true",
                         help="also print the Celery main process's profile")  # fmt: skip
@@ -91,7 +92,7 @@ def main() -> int:
         else:
             (h.tmp / "archive").mkdir()
             h.add_remote("r1", "local", {}, str(h.tmp / "archive"))
-        wavs = make_wavs(h.workspace / "src", args.pairs + 5, 10.0, 48_000)
+        wavs = make_wavs(h.workspace / "src", args.pairs + 5, 10.0, args.rate)
         out = h.tmp / "profile"
         h.start_dispatcher()
         from cli.local_servers import free_port
@@ -104,9 +105,9 @@ def main() -> int:
             SILVASONIC_HEALTH_PORT=str(port), BENCH_PROFILE_OUT=str(out),
             **({CPU_ENV: "1"} if args.cpu else {}),
         )  # fmt: skip
-        h.add_recordings(wavs[:5], 48_000, 10.0)  # warm-up
+        h.add_recordings(wavs[:5], args.rate, 10.0)  # warm-up
         assert wait_until(lambda: h.sql("SELECT count(*) FROM uploads WHERE success") == 5, 120)
-        ids = h.add_recordings(wavs[5:], 48_000, 10.0)
+        ids = h.add_recordings(wavs[5:], args.rate, 10.0)
         t0 = time.monotonic()
         assert wait_until(
             lambda: h.sql("SELECT count(*) FROM uploads WHERE success") == 5 + len(ids), 900
