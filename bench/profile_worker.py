@@ -1,7 +1,7 @@
 """Where a worker's time per pair goes: cProfile in the pool child, and every SQL statement
 counted, over N pairs to one remote (the tool behind the changes bench/README.md lists).
 
-    uv run python bench/profile_worker.py [--pairs 200] [--remote local|webdav] [--rate 48000] [--top 40]
+    uv run python bench/profile_worker.py [--pairs 200] [--remote local|webdav] [--rate 48000]
 
 Runs the real dispatcher and one worker (through this file's ``--child`` entry, which adds the
 profiler and a SQLAlchemy statement counter to the pool child and then runs the normal

@@ -34,6 +34,7 @@ from controller_ext.container_spec import (
     OWNER,
     SERVICE,
     Tier2ServiceSpec,
+    secret_owner,
 )
 
 log = structlog.get_logger("controller")
@@ -251,7 +252,7 @@ class ContainerManager:
         if existing is None:
             existing = {secret.name for secret in self.client.secrets.list()}
         for name in existing - set(keep):
-            if name.startswith(f"{container}."):
+            if name.startswith(f"{secret_owner(container)}."):
                 try:
                     self.client.secrets.remove(name)
                 except (NotFound, APIError) as exc:  # still in use by the old container

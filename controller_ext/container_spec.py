@@ -92,6 +92,22 @@ class TmpfsSpec(BaseModel):
     mode: str = "1777"
 
 
+# Podman refuses a secret name longer than this ("only 64 [a-zA-Z0-9-_.] characters allowed")
+SECRET_NAME_MAX = 64
+# the longest container name used as it is in front of its secrets' names; longer ones are
+# shortened with a digest (a 40-character slug makes a 60-character container name)
+_SECRET_OWNER_MAX = 40
+
+
+def secret_owner(container: str) -> str:
+    """What every Podman secret of ``container`` is named after (the part before the first
+    ``.``): the container's name, or for a name over 40 characters its first 31 and a digest
+    of the whole, so that 23 characters of value digest still fit in Podman's 64."""
+    if len(container) <= _SECRET_OWNER_MAX:
+        return container
+    return f"{container[:31]}-{hashlib.sha256(container.encode()).hexdigest()[:8]}"
+
+
 class Tier2ServiceSpec(BaseModel):
     """Everything needed to run one Tier-2 container, backend-neutral.
 
@@ -155,9 +171,22 @@ class Tier2ServiceSpec(BaseModel):
     def secret_name(self, variable: str) -> str:
         """The Podman secret holding ``variable``'s value for this container: named by a digest
         of the value, so a new value is a new secret and a running container's is never
-        rewritten under it."""
-        digest = hashlib.sha256(f"{self.name}|{variable}|{self.secrets[variable]}".encode())
-        return f"{self.name}.{variable.lower()}.{digest.hexdigest()[:12]}"
+        rewritten under it.
+
+        ``<container>.<variable>.<digest>`` where that fits Podman's 64 characters; else
+        ``<secret_owner>.<longer digest>`` (the digest covers the variable too). A slug may
+        have 40 characters, so the readable form alone would refuse every worker whose slug is
+        longer than 5 characters once an encryption key is set. The prefix before the first
+        ``.`` is always :func:`secret_owner`, which is how the container's secrets are found
+        again when it is removed."""
+        digest = hashlib.sha256(
+            f"{self.name}|{variable}|{self.secrets[variable]}".encode()
+        ).hexdigest()
+        readable = f"{self.name}.{variable.lower()}.{digest[:12]}"
+        if len(readable) <= SECRET_NAME_MAX:
+            return readable
+        owner = secret_owner(self.name)
+        return f"{owner}.{digest[: SECRET_NAME_MAX - len(owner) - 1]}"
 
     def to_podman_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for podman-py ``containers.create``; the Podman secrets named by

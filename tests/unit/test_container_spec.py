@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -16,6 +17,7 @@ from controller_ext.container_spec import (
     UploaderEnvConfig,
     build_uploader_spec,
     host_mode_health_port,
+    secret_owner,
 )
 from uploader.active import RemoteRef
 from uploader.errors import RemoteConfigInvalid
@@ -202,7 +204,7 @@ def test_a_new_secret_value_is_a_new_secret_and_a_new_config_hash(
     assert len({before.config_hash, keyed.config_hash, rekeyed.config_hash}) == 3
     name = "SILVASONIC_ENCRYPTION_KEY"
     assert keyed.secret_name(name) != rekeyed.secret_name(name)
-    assert keyed.secret_name(name).startswith(f"{keyed.name}.silvasonic_encryption_key.")
+    assert keyed.secret_name(name).startswith(f"{keyed.name}.")
     assert "k" * 43 not in keyed.labels[LABEL_CONFIG_HASH]
 
 
@@ -374,3 +376,30 @@ def test_spec_is_frozen() -> None:
     with pytest.raises(ValueError):
         spec.memory_limit = "1g"  # type: ignore[misc]
     assert isinstance(spec, Tier2ServiceSpec)
+
+
+@pytest.mark.parametrize("slug", ["usb", "nextcloud-main", "a" * 40])
+def test_secret_names_fit_podmans_64_characters_and_start_with_their_owner(
+    monkeypatch: pytest.MonkeyPatch, slug: str
+) -> None:
+    # Podman refuses longer names ("only 64 [a-zA-Z0-9-_.] characters allowed"): with the
+    # encryption key set, a slug of 6 characters or more got no worker at all
+    monkeypatch.setenv("SILVASONIC_ENCRYPTION_KEY", "k" * 43 + "=")
+    spec = build_uploader_spec(remote(slug))
+    names = [spec.secret_name(variable) for variable in spec.secrets]
+
+    assert len(names) == 3 and len(set(names)) == 3
+    assert all(
+        len(n) <= 64 and re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*[a-zA-Z0-9]", n) for n in names
+    )
+    assert all(n.startswith(f"{secret_owner(spec.name)}.") for n in names)
+    other = build_uploader_spec(remote(slug[:-1]))  # a slug that is a prefix of this one
+    assert not any(n.startswith(f"{secret_owner(other.name)}.") for n in names)
+
+
+def test_short_names_keep_the_readable_secret_name() -> None:
+    spec = build_uploader_spec(remote("usb"))
+    assert spec.secret_name("POSTGRES_PASSWORD").startswith(
+        "silvasonic-uploader-usb.postgres_password."
+    )
+    assert secret_owner(spec.name) == spec.name
