@@ -31,7 +31,7 @@ from sqlalchemy import Engine, create_engine, text
 from bench.encode import field_audio
 from cli.local_servers import LocalPostgres, LocalRedis, free_port
 from uploader.db import schema
-from uploader.rclone_client import find_rclone_binary
+from uploader.rclone.client import find_rclone_binary
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cli"]

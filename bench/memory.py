@@ -129,7 +129,7 @@ def main() -> int:
     env = dict(item.partition("=")[::2] for item in args.env)
     from tasks.runtime import WORKER_TRANSPORT
     from uploader.flac_encoder import DEFAULT_ENGINE
-    from uploader.rclone_client import DEFAULT_RCD_IDLE_S, RCD_IDLE_ENV
+    from uploader.rclone.client import DEFAULT_RCD_IDLE_S, RCD_IDLE_ENV
 
     engine = (
         env.get("SILVASONIC_FLAC_ENGINE")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from uploader.logs import configure_logging
-from uploader.rclone_client import RcloneClient, find_rclone_binary
+from uploader.rclone.client import RcloneClient, find_rclone_binary
 
 
 def _free_port() -> int:

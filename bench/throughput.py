@@ -45,7 +45,7 @@ from typing import Any
 
 from bench._harness import SENSOR, Harness, cpu_by_role, cpu_seconds, machine, make_wavs, tree_pids
 from uploader.flac_encoder import resolve_ffmpeg
-from uploader.rclone_client import RcloneClient, find_rclone_binary
+from uploader.rclone.client import RcloneClient, find_rclone_binary
 
 TARGET_RATIO = 0.15
 GOAL_RATIO = 0.10

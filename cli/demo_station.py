@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from cli.local_servers import free_port
 from uploader.db.models import Device, Recording, StorageRemote, SystemConfig
-from uploader.rclone_client import find_rclone_binary
+from uploader.rclone.client import find_rclone_binary
 from uploader.secrets import encrypt_value, load_encryption_key
 
 SEGMENT_S = 10

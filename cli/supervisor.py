@@ -14,7 +14,7 @@ from types import FrameType
 
 import structlog
 
-from uploader.process_group import spawn
+from uploader.rclone.process_group import spawn
 
 log = structlog.get_logger(__name__)
 

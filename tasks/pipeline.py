@@ -52,7 +52,7 @@ from uploader.pipeline import (
     is_local_deleted,
     transfer,
 )
-from uploader.rclone_client import RcloneClient, RcloneErrorKind, RcloneResult
+from uploader.rclone.client import RcloneClient, RcloneErrorKind, RcloneResult
 from uploader.redact import redact
 from uploader.remotes import config_fingerprint
 from uploader.settings import StationSettings, load_station_settings

@@ -20,7 +20,7 @@
           ├── SourceMissing       the WAV is gone and the recording is not local_deleted
           └── SourceMismatch      the WAV disagrees with its header or its index row: parked
 
-Only ``rclone_client`` maps rclone failures onto these, and only ``flac_encoder`` maps ffmpeg
+Only ``rclone.client`` maps rclone failures onto these, and only ``flac_encoder`` maps ffmpeg
 and libFLAC failures. No instance ever carries a secret: messages pass through
 ``uploader.redact`` where they quote foreign output.
 

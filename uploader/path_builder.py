@@ -96,13 +96,13 @@ def build_remote_path(
     filename: str,
     target_path: str | None = None,
 ) -> str:
-    """The object path of one recording on a remote, as rclone_client writes it.
+    """The object path of one recording on a remote, as rclone.client writes it.
 
     ``time`` is ``recordings.time``; its UTC date names the day folder (a naive value is taken
     as UTC). ``target_path`` is the remote's optional prefix: trailing and repeated slashes go,
     ``.``/``..``/control characters are escaped, so it names exactly one folder and never
     climbs out of it. One leading ``/`` is kept: a ``local`` remote's folder is absolute
-    (rclone_client refuses a relative one, which would depend on the working directory), and
+    (rclone.client refuses a relative one, which would depend on the working directory), and
     sftp reads it as absolute too; S3 and WebDAV ignore it.
     """
     day = (time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)).date()

@@ -30,7 +30,7 @@ from uploader import (
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, FlacChanged, SourceMissing, UnsafePath
 from uploader.evidence import Encoded
-from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
+from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
 from uploader.remote_objects import claim_path
 from uploader.remote_state import RemoteState
 from uploader.settings import StationSettings

@@ -51,10 +51,10 @@ class UploaderSettings(BaseModel):
     @field_validator("bandwidth_limit")
     @classmethod
     def _rclone_grammar(cls, value: str) -> str:
-        """rclone's own ``--bwlimit`` grammar (``uploader.rclone_limits``), checked when the
+        """rclone's own ``--bwlimit`` grammar (``uploader.rclone.limits``), checked when the
         settings are read: a value rclone would refuse pauses uploading with one clear
         message in ``status``, instead of failing every pair at the remote."""
-        from uploader.rclone_limits import parse_bwlimit
+        from uploader.rclone.limits import parse_bwlimit
 
         try:
             parse_bwlimit(value)

@@ -41,7 +41,7 @@ from sqlalchemy import Engine
 from uploader.evidence import Encoded
 from uploader.pair_lock import PairLocks
 from uploader.pipeline import PairJob, WorkerContext, start_transfer
-from uploader.rclone_client import PendingUpload, RcloneClient, RcloneResult
+from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
 
 log = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from tests.factories import set_config
 from uploader.errors import SettingsInvalid
-from uploader.rclone_client import find_rclone_binary
-from uploader.rclone_limits import parse_bwlimit
+from uploader.rclone.client import find_rclone_binary
+from uploader.rclone.limits import parse_bwlimit
 from uploader.settings import load_station_settings
 
 pytestmark = pytest.mark.integration

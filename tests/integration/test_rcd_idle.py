@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.stack import wait_until
-from uploader.rclone_client import RCD_IDLE_ENV, RcloneClient
+from uploader.rclone.client import RCD_IDLE_ENV, RcloneClient
 
 
 def _alive(pid: int) -> bool:

@@ -18,15 +18,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fixtures.remote_servers import RemoteServer, StallingServer, write_host_key
-from uploader.rclone_client import (
+from uploader.rclone.client import (
     RcloneClient,
     RcloneErrorKind,
     RcloneResult,
     find_rclone_binary,
     parse_bwlimit,
 )
-from uploader.rclone_config import obscure
-from uploader.rclone_daemon import RcCallFailed
+from uploader.rclone.config import obscure
+from uploader.rclone.daemon import RcCallFailed
 from uploader.secrets import encrypt_value, generate_key
 
 TRANSPORTS = ["cli", "rcd"]

@@ -20,7 +20,7 @@ from uploader import transfer_ahead
 from uploader.evidence import Encoded
 from uploader.pair_lock import pair_lock
 from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac, remote_path_for
-from uploader.rclone_client import PendingUpload, RcloneClient, RcloneErrorKind
+from uploader.rclone.client import PendingUpload, RcloneClient, RcloneErrorKind
 from uploader.transfer_ahead import TransfersAhead
 
 DAY = "silvasonic/test-station/mic-1/2026-11-26"

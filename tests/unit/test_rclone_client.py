@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from uploader.errors import FileRejected, RemoteMisconfigured, RemoteUnavailable, SettingsInvalid
-from uploader.rclone_client import (
+from uploader.rclone.client import (
     HARD_LIMIT_BASE_S,
     LINK_FLOOR_BPS,
     BandwidthLimit,
@@ -31,7 +31,7 @@ from uploader.rclone_client import (
     hard_limit_s,
     parse_bwlimit,
 )
-from uploader.rclone_config import obscure, reveal
+from uploader.rclone.config import obscure, reveal
 from uploader.remotes import KEYS_DIR_ENV
 
 WEBDAV = {

@@ -1,6 +1,6 @@
 """What kind of failure an rclone error is: the classification table of docs/rclone.md.
 
-Part of the rclone client (``uploader.rclone_client`` is the front door and re-exports these
+Part of the rclone client (``uploader.rclone.client`` is the front door and re-exports these
 names); the one place that reads rclone's error text.
 """
 

@@ -1,7 +1,7 @@
 """The bandwidth limit (rclone's ``--bwlimit`` syntax) and the hard wall-clock limit of one
 upload derived from it.
 
-Part of the rclone client (``uploader.rclone_client`` is the front door and re-exports these
+Part of the rclone client (``uploader.rclone.client`` is the front door and re-exports these
 names). Public so that settings can validate ``uploader.bandwidth_limit`` early and the upload
 task can set its soft time limit above :func:`hard_limit_s` for the largest file it sends.
 """

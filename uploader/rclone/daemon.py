@@ -1,7 +1,7 @@
 """One long-lived ``rclone rcd`` per worker process and remote: the fast transport.
 
 A process per file costs rclone ~40-50 ms of start-up; one daemon costs 2-6 ms per file
-(docs/design/0006-transports.md). Part of the rclone client (``uploader.rclone_client`` builds
+(docs/design/0006-transports.md). Part of the rclone client (``uploader.rclone.client`` builds
 the flags and the environment and classifies what comes back); this module knows the rc protocol:
 ``operations/copyfile`` as an async job, ``job/status`` polling, ``job/stop``.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from uploader.process_group import kill_group, spawn
+from uploader.rclone.process_group import kill_group, spawn
 from uploader.redact import redact
 
 log = structlog.get_logger(__name__)

@@ -1,8 +1,8 @@
 """Upload one file to one remote with rclone, and say what kind of failure it was.
 
 The front door of the rclone client, which alone knows rclone's flags and error classes:
-``rclone_errors`` (the classification table), ``rclone_limits`` (bandwidth and hard limits),
-``rclone_config`` (remote → environment), ``rclone_daemon`` (the rc protocol) are its parts,
+``rclone.errors`` (the classification table), ``rclone.limits`` (bandwidth and hard limits),
+``rclone.config`` (remote → environment), ``rclone.daemon`` (the rc protocol) are its parts,
 re-exported here; nothing outside ``uploader/rclone_*`` knows rclone. The upload task calls
 :meth:`RcloneClient.upload_file` and acts on :attr:`RcloneResult.error_kind`
 (docs/design/0007-failure-kinds.md).
@@ -46,17 +46,16 @@ from uploader.errors import (
     UploaderError,
 )
 from uploader.log_limiter import log_limited
-from uploader.process_group import kill_group, spawn
-from uploader.rclone_config import (
+from uploader.rclone.config import (
     REMOTE_NAME,
     child_env,
     rclone_options,
     render_ini,
     secret_values,
 )
-from uploader.rclone_daemon import POLL_FIRST_S, DaemonUnavailable, JobOutcome, RcloneDaemon
-from uploader.rclone_errors import RcloneErrorKind, classify_rclone_error, extract_error_messages
-from uploader.rclone_limits import (
+from uploader.rclone.daemon import POLL_FIRST_S, DaemonUnavailable, JobOutcome, RcloneDaemon
+from uploader.rclone.errors import RcloneErrorKind, classify_rclone_error, extract_error_messages
+from uploader.rclone.limits import (
     HARD_LIMIT_BASE_S,
     HARD_LIMIT_FACTOR,
     LINK_FLOOR_BPS,
@@ -64,6 +63,7 @@ from uploader.rclone_limits import (
     hard_limit_s,
     parse_bwlimit,
 )
+from uploader.rclone.process_group import kill_group, spawn
 from uploader.redact import redact
 from uploader.remotes import ResolvedRemote, resolve_remote
 

@@ -1,7 +1,7 @@
 """How a resolved remote becomes rclone configuration: environment variables for the child
 (the only way credentials reach rclone), or INI text for debugging.
 
-Part of the rclone client (``uploader.rclone_client`` is the front door): it knows rclone's
+Part of the rclone client (``uploader.rclone.client`` is the front door): it knows rclone's
 config-by-environment convention, which options rclone wants *obscured*, and the backend
 defaults we add. Nothing here runs rclone.
 """
