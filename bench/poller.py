@@ -45,10 +45,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from uploader import audit_logger, leases, pending_sql, remote_state, work_poller
+from uploader import audit_logger, leases, pending_sql, work_poller
 from uploader.active import active_remotes
 from uploader.db import schema
-from uploader.destination import destination_of
+from uploader.remotes import state as remote_state
+from uploader.remotes.destination import destination_of
 from uploader.settings import load_station_settings, normalise_database_url
 
 SHAPES = ("backlog", "added", "scattered")
@@ -74,7 +75,7 @@ SEED_ANTI_JOIN = text(
 )
 
 
-#: the destination of the bench's remotes (local, no target path: uploader.destination)
+#: the destination of the bench's remotes (local, no target path: uploader.remotes.destination)
 _LOCAL_ROOT = destination_of("local", {}, None)
 
 

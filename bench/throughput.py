@@ -159,7 +159,7 @@ class Bench:
         if flagged != len(ids):
             raise RuntimeError(f"only {flagged}/{len(ids)} recordings flagged uploaded")
         # the Janitor's part: the next run points the remote at a fresh folder, and a remote
-        # pointed elsewhere uploads again what is still on disk (uploader.destination)
+        # pointed elsewhere uploads again what is still on disk (uploader.remotes.destination)
         self.h.sql("UPDATE recordings SET local_deleted = true WHERE id BETWEEN :lo AND :hi",
                    lo=lo, hi=hi)  # fmt: skip
         n = len(ids)

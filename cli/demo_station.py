@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from cli.local_servers import free_port
 from uploader.db.models import Device, Recording, StorageRemote, SystemConfig
 from uploader.rclone.client import find_rclone_binary
-from uploader.secrets import encrypt_value, load_encryption_key
+from uploader.remotes.secrets import encrypt_value, load_encryption_key
 
 SEGMENT_S = 10
 SAMPLE_RATE = 48_000

@@ -44,8 +44,8 @@ from cli.local_servers import (
 )
 from uploader.db import schema
 from uploader.errors import SchemaError
-from uploader.local_roots import ROOTS_ENV
 from uploader.redact import redact
+from uploader.remotes.local_roots import ROOTS_ENV
 from uploader.settings import DatabaseSettings
 
 DATABASE_NAME = "silvasonic"

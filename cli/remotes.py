@@ -1,12 +1,12 @@
 """``silvasonic-uploader remotes``: list, add, change, (de)activate and remove remotes
 (``storage_remotes``).
 
-Secrets never come from the command line (they would show in ``ps`` and the shell history):
-the fields a remote type declares secret (``uploader.remotes.REMOTE_TYPES[type].secret_fields``)
-are read from a hidden prompt or, with ``--secrets-from-stdin``, as ``key=value`` lines on
-stdin; ``--option pass=…`` is refused. With ``SILVASONIC_ENCRYPTION_KEY`` set they are stored
-``enc:``-encrypted, else in plaintext with a loud warning. Nothing prints a secret: ``list``
-masks them, errors name fields, never values.
+Secrets never come from the command line (they would show in ``ps`` and the shell history): the
+fields a remote type declares secret (``uploader.remotes.config.REMOTE_TYPES[type].secret_fields``)
+are read from a hidden prompt or, with ``--secrets-from-stdin``, as ``key=value`` lines on stdin;
+``--option pass=…`` is refused. With ``SILVASONIC_ENCRYPTION_KEY`` set they are stored
+``enc:``-encrypted, else in plaintext with a loud warning. Nothing prints a secret: ``list`` masks
+them, errors name fields, never values.
 
 Every change nudges the controller (``PUBLISH silvasonic:nudge reconcile``); deactivating
 also releases the remote's leases and purges its queue, so queued work ends without trying.
@@ -32,21 +32,23 @@ from cli.operator_common import (
     operator_session,
     warn,
 )
-from uploader import audit_logger, leases, remote_state, retarget
+from uploader import audit_logger, leases
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
-from uploader.destination import destination_of
 from uploader.errors import RemoteConfigInvalid
-from uploader.local_roots import check_local_target
 from uploader.redact import MASK, redact
-from uploader.remotes import (
+from uploader.remotes import retarget
+from uploader.remotes import state as remote_state
+from uploader.remotes.config import (
     REMOTE_TYPES,
     RemoteType,
     supported_types,
     validate_remote_config,
     validate_remote_slug,
 )
-from uploader.secrets import (
+from uploader.remotes.destination import destination_of
+from uploader.remotes.local_roots import check_local_target
+from uploader.remotes.secrets import (
     ENC_PREFIX,
     KEY_ENV,
     SecretError,
@@ -546,7 +548,7 @@ def _secret_summary(supplied: Mapping[str, str], key: str | None) -> dict[str, A
 
 
 def _validate(slug: str, remote_type: str, config: dict[str, Any], target_path: str | None) -> None:
-    """The config rules of ``uploader.remotes``, plus what the controller needs to give the
+    """The config rules of ``uploader.remotes.config``, plus what the controller needs to give the
     remote a worker: a ``local`` remote's folder is an absolute ``target_path``."""
     try:
         validate_remote_config(slug, remote_type, config)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from uploader.secrets import SecretError, encrypt_value, generate_key, load_encryption_key
+from uploader.remotes.secrets import SecretError, encrypt_value, generate_key, load_encryption_key
 
 
 @click.group()

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, pool
 from uploader.db.schema import require_current_schema
 from uploader.errors import SchemaError, TempDirUnsafe
 from uploader.logs import celery_banner_options, configure_logging
-from uploader.remotes import validate_remote_slug
+from uploader.remotes.config import validate_remote_slug
 from uploader.settings import DatabaseSettings
 from uploader.temp_dir import TEMP_DIR_ENV, worker_temp_dir
 

@@ -23,8 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from controller_ext.temp_budget import worker_temp_size
-from uploader.local_roots import check_local_target
-from uploader.secrets import KEY_ENV
+from uploader.remotes.local_roots import check_local_target
+from uploader.remotes.secrets import KEY_ENV
 from uploader.settings import DatabaseSettings
 
 LABEL_PREFIX = "io.silvasonic."
@@ -373,7 +373,7 @@ def _database_env() -> dict[str, str]:
 def _local_folder_mount(remote: RemoteLike, env: UploaderEnvConfig) -> MountSpec:
     """A ``local`` remote writes into its ``target_path`` on this machine: mounted read-write at
     the same path, so the worker uses the path stored in the database unchanged. Only below an
-    allowed root, never a system folder or the workspace (uploader/local_roots.py): the CLI
+    allowed root, never a system folder or the workspace (uploader/remotes/local_roots.py): the CLI
     checks it too, but a row may have been written by other means."""
     folder = check_local_target(
         remote.slug,

@@ -32,7 +32,7 @@ def queue_keys(slug: str) -> list[str]:
 
 
 def _priority_lists(client: redis.Redis[Any], slug: str) -> list[str | bytes]:
-    # slugs are [a-z0-9-] (uploader.remotes), so the name holds no glob characters
+    # slugs are [a-z0-9-] (uploader.remotes.config), so the name holds no glob characters
     return list(client.scan_iter(match=f"{queue_name(slug)}{PRIORITY_SEPARATOR}*", count=100))
 
 

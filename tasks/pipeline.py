@@ -26,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import audit_logger, evidence, leases, remote_state, worker_counters
+from uploader import audit_logger, evidence, leases, worker_counters
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,
@@ -54,7 +54,8 @@ from uploader.pipeline import (
 )
 from uploader.rclone.client import RcloneClient, RcloneErrorKind, RcloneResult
 from uploader.redact import redact
-from uploader.remotes import config_fingerprint
+from uploader.remotes import state as remote_state
+from uploader.remotes.config import config_fingerprint
 from uploader.settings import StationSettings, load_station_settings
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ from uploader.db.session import get_engine
 from uploader.flac_encoder import default_engine
 from uploader.pipeline import RemoteSnapshot, WorkerContext
 from uploader.rclone.client import TRANSPORT_ENV, RcloneClient
-from uploader.remotes import config_fingerprint
+from uploader.remotes.config import config_fingerprint
 from uploader.settings import StationSettings, UploaderServiceSettings, load_station_settings
 from uploader.temp_dir import worker_temp_dir
 from uploader.transfer_ahead import TransfersAhead

@@ -30,12 +30,13 @@ from celery.signals import (
 )
 from sqlalchemy import Engine, create_engine, pool, text
 
-from uploader import remote_state, work_poller, worker_counters
+from uploader import work_poller, worker_counters
 from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
 from uploader.health import Component, HealthMonitor, HealthServer
 from uploader.heartbeat import Heartbeat, build_payload
 from uploader.logs import configure_logging_if_unset, set_library_level
+from uploader.remotes import state as remote_state
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ from uploader import log_limiter
 from uploader.logs import PER_TASK_LOGGERS, StdlibHandler
 
 # local remotes of the tests write below the system temp dir (tmp_path), which a station would
-# never allow (uploader/local_roots.py); processes the tests start inherit it
+# never allow (uploader/remotes/local_roots.py); processes the tests start inherit it
 TEST_LOCAL_REMOTE_ROOTS = f"/mnt:/media:/srv:{tempfile.gettempdir()}"
 os.environ.setdefault("SILVASONIC_LOCAL_REMOTE_ROOTS", TEST_LOCAL_REMOTE_ROOTS)
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader.db.models import Device, Recording, StorageRemote, SystemConfig
-from uploader.destination import current_one as current_destination
+from uploader.remotes.destination import current_one as current_destination
 
 _seq = itertools.count(1)
 BASE_TIME = datetime(2026, 3, 26, 1, 35, 0, tzinfo=UTC)

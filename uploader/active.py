@@ -20,9 +20,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from uploader.db.models import RemoteStatus, StorageRemote
-from uploader.destination import destination_of
 from uploader.errors import RemoteConfigInvalid
-from uploader.remotes import config_fingerprint, validate_remote_config
+from uploader.remotes.config import config_fingerprint, validate_remote_config
+from uploader.remotes.destination import destination_of
 from uploader.settings import StationSettings, load_station_settings
 
 
@@ -91,7 +91,7 @@ def _holding_mark(session: Session, remote: StorageRemote) -> RemoteStatus | Non
 
 def _probe_due(session: Session, status: RemoteStatus) -> bool:
     """The breaker lets a misconfigured remote run for one probe pair once ``probe_at`` has
-    passed (``uploader.remote_state``): a fix on the server's side then heals by itself."""
+    passed (``uploader.remotes.state``): a fix on the server's side then heals by itself."""
     if status.probe_at is None:  # marked by hand: it waits for a config change or a probe
         return False
     return bool(session.execute(select(func.now() >= status.probe_at)).scalar())
@@ -136,7 +136,7 @@ def required_slugs(session: Session, settings: StationSettings | None = None) ->
 def required_destinations(
     session: Session, settings: StationSettings | None = None
 ) -> tuple[tuple[str, str], ...]:
-    """The required remotes with their current destinations (``uploader.destination``), in
+    """The required remotes with their current destinations (``uploader.remotes.destination``), in
     one statement: the completion rule counts only successes at these."""
     settings = settings or load_station_settings(session)
     cap = settings.system.max_uploaders

@@ -1,6 +1,6 @@
 """One dispatch cycle, without Celery: read the settings, honour the pause and the window,
 and top up each running remote's leases to ``batch_size`` (a remote that is not ok gets a
-single probe pair, when its breaker allows one: ``uploader.remote_state``). The Celery task
+single probe pair, when its breaker allows one: ``uploader.remotes.state``). The Celery task
 publishes one chain per returned lease after this transaction has committed
 (docs/design/0003-leases.md)."""
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy.orm import Session
 
-from uploader import leases, remote_state
+from uploader import leases
 from uploader.active import active_remotes
+from uploader.remotes import state as remote_state
 from uploader.schedule import is_within_window
 from uploader.settings import StationSettings, load_station_settings
 

@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from uploader import work_poller
-from uploader.destination import current_one as current_destination
 from uploader.redact import redact
+from uploader.remotes.destination import current_one as current_destination
 from uploader.work_poller import Source
 
 log = structlog.get_logger(__name__)

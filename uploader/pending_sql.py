@@ -19,7 +19,7 @@ from sqlalchemy import text
 # ANALYZE looks empty, and would be probed through ix_uploads_remote_slug (all of its rows per
 # probe) instead of the (recording_id, remote_slug) indexes.
 SLUG = "(SELECT CAST(:slug AS text))"
-# the remote's current destination (uploader.destination), computed by the caller: only a
+# the remote's current destination (uploader.remotes.destination), computed by the caller: only a
 # success row there makes a pair done
 DEST = "(SELECT CAST(:dest AS text))"
 PROBES = f"""

@@ -18,21 +18,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import (
-    destination,
-    evidence,
-    flac_encoder,
-    leases,
-    path_builder,
-    remote_state,
-    source_check,
-)
+from uploader import evidence, flac_encoder, leases, path_builder, source_check
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, FlacChanged, SourceMissing, UnsafePath
 from uploader.evidence import Encoded
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
 from uploader.remote_objects import claim_path
-from uploader.remote_state import RemoteState
+from uploader.remotes import destination
+from uploader.remotes import state as remote_state
+from uploader.remotes.state import RemoteState
 from uploader.settings import StationSettings
 
 
@@ -66,7 +60,7 @@ class PairJob:
     remote: RemoteSnapshot
     station_name: str
     bandwidth_limit: str
-    #: where the remote's bytes land now (``uploader.destination``)
+    #: where the remote's bytes land now (``uploader.remotes.destination``)
     destination: str = ""
     #: what the encode step recorded under this lease (None: nothing yet, or another lease)
     encoded: Encoded | None = None

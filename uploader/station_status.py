@@ -20,10 +20,12 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import leases, remote_state, retarget, work_poller
+from uploader import leases, work_poller
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
-from uploader.destination import current_one as current_destination
 from uploader.errors import SettingsInvalid
+from uploader.remotes import retarget
+from uploader.remotes import state as remote_state
+from uploader.remotes.destination import current_one as current_destination
 from uploader.schedule import is_within_window
 from uploader.settings import (
     StationSettings,
@@ -78,7 +80,7 @@ class RemoteProgress:
     uploads_last_hour: int
     failures_last_hour: int
     #: flagged recordings whose audio is deleted and that this remote holds only at an earlier
-    #: destination (it was pointed elsewhere; ``uploader.retarget``): how many, the first ids
+    #: destination (pointed elsewhere; ``uploader.remotes.retarget``): how many, the first ids
     only_at_earlier_destination: int = 0
     only_at_earlier_destination_ids: tuple[int, ...] = ()
     #: a remote that is not ok: when the breaker lets the next probe pair go (None: at once)

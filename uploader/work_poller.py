@@ -2,7 +2,7 @@
 
 A pair (recording, remote) is pending when the recording is not ``local_deleted``, the remote
 has no success row in ``uploads`` for it at the remote's current destination
-(``uploader.destination``; a remote pointed elsewhere starts its walk again), it holds no
+(``uploader.remotes.destination``; a remote pointed elsewhere starts its walk again), it holds no
 live lease and it is not parked.
 ``recordings.uploaded`` is never consulted: that is the Janitor's signal, judged against the
 required set, not against the remote asked about. Whether the remote is *running* is the
@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from uploader import pending_sql as sql
-from uploader.destination import current_one as current_destination
+from uploader.remotes.destination import current_one as current_destination
 
 log = structlog.get_logger(__name__)
 

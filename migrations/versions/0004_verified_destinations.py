@@ -1,7 +1,7 @@
 """Success is per destination, proven by the worker, and no two recordings share an object.
 
 - ``uploads``: ``destination`` (the fingerprint of where the bytes were verified,
-  ``uploader.destination``), ``verified_by`` (``md5``, ``sha1``, ``size`` or ``moved``) and
+  ``uploader.remotes.destination``), ``verified_by`` (``md5``, ``sha1``, ``size`` or ``moved``) and
   ``content_md5`` (the FLAC's md5). ``uq_uploads_success_pair`` becomes one success per
   (recording, remote, destination): a retargeted remote gets a new success row at its new
   place, and the completion rule counts only those. ``coalesce(destination, '')``: a row
@@ -19,7 +19,7 @@
   looks for recordings flagged before that are not at the new place).
 
 - ``remote_status.failures`` / ``probe_at``: the per-remote circuit breaker (failed attempts
-  in a row, and when the next attempt may be made: ``uploader/remote_state.py``).
+  in a row, and when the next attempt may be made: ``uploader/remotes/state.py``).
 
 Existing success rows are taken to be at their remote's current destination (the uploader
 before this revision never changed it), and their paths are registered in
@@ -32,7 +32,7 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from uploader.destination import destination_of
+from uploader.remotes.destination import destination_of
 from uploader.path_builder import object_key
 
 revision = "0004"

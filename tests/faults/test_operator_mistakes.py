@@ -39,7 +39,7 @@ from tests.faults.conftest import MISTAKES, MistakeResult
 from tests.fixtures.remote_servers import _serve, _ServerProcess, write_host_key
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import seed_station, set_uploader
-from uploader.secrets import encrypt_value, generate_key
+from uploader.remotes.secrets import encrypt_value, generate_key
 from uploader.station_status import station_status
 
 pytestmark = pytest.mark.faults

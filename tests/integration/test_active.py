@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from tests.factories import make_remote, set_config
 from uploader.active import ActiveRemotes, SkipReason, active_remotes, required_slugs
 from uploader.db.models import RemoteStatus, StorageRemote
-from uploader.remotes import config_fingerprint
+from uploader.remotes.config import config_fingerprint
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

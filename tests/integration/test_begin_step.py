@@ -10,10 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote
-from uploader import leases, remote_state
+from uploader import leases
 from uploader.db.models import Recording
 from uploader.pipeline import begin_step
-from uploader.remote_state import State
+from uploader.remotes import state as remote_state
+from uploader.remotes.state import State
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings
 
 SLUG = "nextcloud"

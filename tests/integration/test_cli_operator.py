@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import main
 from tests.factories import BASE_TIME, make_recording, make_remote, make_upload, set_config
-from uploader import audit_logger, leases, remote_state
+from uploader import audit_logger, leases
 from uploader.db.models import PairState, StorageRemote
-from uploader.secrets import decrypt_value, generate_key
+from uploader.remotes import state as remote_state
+from uploader.remotes.secrets import decrypt_value, generate_key
 
 SECRET_USER = "alice-user-7f3k"
 SECRET_PASS = "pw-Zq9!rT#4-never-shown"

@@ -27,7 +27,7 @@ from uploader.rclone.client import (
 )
 from uploader.rclone.config import obscure
 from uploader.rclone.daemon import RcCallFailed
-from uploader.secrets import encrypt_value, generate_key
+from uploader.remotes.secrets import encrypt_value, generate_key
 
 TRANSPORTS = ["cli", "rcd"]
 SERVERS = ["webdav_server", "s3_server", "sftp_server", "local_remote"]

@@ -1,4 +1,4 @@
-"""``uploader.remote_state`` against real PostgreSQL, and its agreement with
+"""``uploader.remotes.state`` against real PostgreSQL, and its agreement with
 ``uploader.active`` (which reads the misconfigured mark)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.factories import make_remote
-from uploader import remote_state
 from uploader.active import SkipReason, active_remotes
-from uploader.remote_state import State, get_state, mark_misconfigured, mark_ok, mark_unavailable
-from uploader.remotes import config_fingerprint
+from uploader.remotes import state as remote_state
+from uploader.remotes.config import config_fingerprint
+from uploader.remotes.state import State, get_state, mark_misconfigured, mark_ok, mark_unavailable
 
 
 def _now(session: Session) -> object:

@@ -30,7 +30,7 @@ from tests.system.helpers import (
     wait_for,
 )
 from uploader.db.models import StorageRemote
-from uploader.secrets import generate_key
+from uploader.remotes.secrets import generate_key
 
 MiB = 1024 * 1024
 NAME = "silvasonic-uploader-usb-a"

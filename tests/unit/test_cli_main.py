@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cli import main as cli_main
 from cli.main import COMMANDS, main
-from uploader.secrets import KEY_ENV, decrypt_value, generate_key
+from uploader.remotes.secrets import KEY_ENV, decrypt_value, generate_key
 
 REPO = Path(__file__).resolve().parents[2]
 # commands whose modules exist since the foundation and the service skeleton

@@ -13,8 +13,8 @@ import pytest
 from cli.operator_common import human_age
 from cli.remotes import masked_options, parse_options, parse_secret_lines
 from uploader.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
-from uploader.remote_state import State
-from uploader.remotes import REMOTE_TYPES
+from uploader.remotes.config import REMOTE_TYPES
+from uploader.remotes.state import State
 from uploader.station_status import RemoteHealth, remote_health
 
 SECRET = "hunter2-do-not-print"

@@ -1,4 +1,4 @@
-"""The allowlist of a ``local`` remote's folder (uploader/local_roots.py), and the controller's
+"""The allowlist of a ``local`` remote's folder (uploader/remotes/local_roots.py), and the controller's
 second check of it when it builds a worker (a row may have been written without the CLI)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from controller_ext.container_spec import UploaderEnvConfig, build_uploader_spec
 from uploader.errors import RemoteConfigInvalid
-from uploader.local_roots import DEFAULT_ROOTS, allowed_roots, check_local_target
+from uploader.remotes.local_roots import DEFAULT_ROOTS, allowed_roots, check_local_target
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from uploader.rclone.client import (
     parse_bwlimit,
 )
 from uploader.rclone.config import obscure, reveal
-from uploader.remotes import KEYS_DIR_ENV
+from uploader.remotes.config import KEYS_DIR_ENV
 
 WEBDAV = {
     "url": "https://cloud.example.org/remote.php/dav/files/u",

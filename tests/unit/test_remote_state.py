@@ -1,4 +1,4 @@
-"""``uploader.remote_state`` branches that need no database: the common ``mark_ok`` after
+"""``uploader.remotes.state`` branches that need no database: the common ``mark_ok`` after
 every success must neither lock nor write, and the state names must be the ones
 ``uploader.active`` compares with. The state machine itself runs against real PostgreSQL in
 ``tests/integration/test_remote_state.py``."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
-from uploader import remote_state
-from uploader.remote_state import State
+from uploader.remotes import state as remote_state
+from uploader.remotes.state import State
 
 
 def test_mark_ok_on_a_healthy_remote_only_reads() -> None:

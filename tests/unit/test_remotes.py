@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from uploader.errors import RemoteConfigInvalid, RemoteMisconfigured, SecretUnavailable
-from uploader.remotes import (
+from uploader.remotes.config import (
     KEYS_DIR_ENV,
     RESERVED_SLUGS,
     ResolvedRemote,
@@ -21,7 +21,7 @@ from uploader.remotes import (
     validate_remote_config,
     validate_remote_slug,
 )
-from uploader.secrets import KEY_ENV, encrypt_value, generate_key
+from uploader.remotes.secrets import KEY_ENV, encrypt_value, generate_key
 
 SECRET = "hunter2-very-secret-value"
 

@@ -65,7 +65,7 @@ from uploader.rclone.limits import (
 )
 from uploader.rclone.process_group import kill_group, spawn
 from uploader.redact import redact
-from uploader.remotes import ResolvedRemote, resolve_remote
+from uploader.remotes.config import ResolvedRemote, resolve_remote
 
 __all__ = [
     "HARD_LIMIT_BASE_S",
@@ -256,7 +256,8 @@ class RcloneClient:
         binary: str | None = None,
         hard_limit_base_s: float = HARD_LIMIT_BASE_S,
     ) -> RcloneClient:
-        """A client for a remote already resolved with :func:`uploader.remotes.resolve_remote`."""
+        """A client for a remote already resolved with
+        :func:`uploader.remotes.config.resolve_remote`."""
         client = cls.__new__(cls)
         client._init(remote, transport, binary, hard_limit_base_s)
         return client

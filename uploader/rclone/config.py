@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from uploader.remotes import ResolvedRemote
+from uploader.remotes.config import ResolvedRemote
 
 #: the one remote name we give rclone; paths are ``silvasonic:<remote_path>``
 REMOTE_NAME = "silvasonic"
@@ -80,7 +80,7 @@ def rclone_options(remote: ResolvedRemote) -> dict[str, str]:
     """The remote's rclone options: ``type``, backend defaults, then its own options, with the
     IsPassword ones obscured. Keys are rclone's option names (``pass``, not ``pass_``).
 
-    Key-file paths pass as they are: ``uploader.remotes`` accepts only absolute paths inside
+    Key-file paths pass as they are: ``uploader.remotes.config`` accepts only absolute paths inside
     the keys folder, so rclone's working directory cannot change what they name.
     """
     obscured = OBSCURED_OPTIONS.get(remote.type, frozenset())

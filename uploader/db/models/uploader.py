@@ -151,7 +151,7 @@ class RemoteCursor(Base):
     last_recording_id: Mapped[int] = mapped_column(
         BigInteger, nullable=False, server_default=text("0")
     )
-    #: the destination the cursor was walked for (``uploader.destination``)
+    #: the destination the cursor was walked for (``uploader.remotes.destination``)
     destination: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: when the remote was last pointed elsewhere (None: never, since migration 0004)
     retargeted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,6 +1,6 @@
 """What follows when a remote is pointed elsewhere (its destination changes).
 
-Success rows count only at the remote's current destination (``uploader.destination``), so
+Success rows count only at the remote's current destination (``uploader.remotes.destination``), so
 after a change every recording still on disk is uploaded again to the new place, and the
 recordings the Janitor already deleted remain only at the old place: they stay flagged (a flag
 is never taken back, the audio may be gone), and ``status`` names them.

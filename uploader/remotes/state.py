@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from uploader import log_limiter
 from uploader.redact import redact
-from uploader.remotes import config_fingerprint
+from uploader.remotes.config import config_fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +205,7 @@ def request_probe(session: Session, slug: str) -> bool:
 
 def mark_misconfigured(session: Session, slug: str, reason: str, fingerprint: str | None) -> bool:
     """Mark the remote misconfigured under its config ``fingerprint``
-    (``uploader.remotes.config_fingerprint``); the mark lapses once the config changes.
+    (``uploader.remotes.config.config_fingerprint``); the mark lapses once the config changes.
     True when this is news (not already misconfigured under the same fingerprint)."""
     previous = _lock(session, slug)
     if previous is None:

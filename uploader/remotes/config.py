@@ -6,7 +6,7 @@ Field names follow upstream (docs/design/0012-upstream.md §1): webdav ``url/use
 ``access_key_id/secret_access_key/endpoint/region/acl/provider``, sftp
 ``host/user/pass/key_file/port``; a ``local`` remote has no fields (its folder is
 ``target_path``). Anything that would make rclone run a command or read an arbitrary local file
-is refused. Secrets may be stored ``enc:``-encrypted (``uploader.secrets``).
+is refused. Secrets may be stored ``enc:``-encrypted (``uploader.remotes.secrets``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from uploader.errors import RemoteConfigInvalid, SecretUnavailable
-from uploader.secrets import SecretError, decrypt_value, is_encrypted, load_encryption_key
+from uploader.remotes.secrets import SecretError, decrypt_value, is_encrypted, load_encryption_key
 
 log = structlog.get_logger(__name__)
 
