@@ -1,5 +1,5 @@
 """``silvasonic-uploader parked``: the pairs whose file failed ``max_file_attempts`` times, and
-``retry`` to clear their parking now (``uploader.leases.unpark``) instead of waiting for
+``retry`` to clear their parking now (``uploader.ledger.leases.unpark``) instead of waiting for
 ``park_window_hours``. A parked pair holds its recording back from the Janitor."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.operator_common import emit_json, iso, json_option, operator_session, short_time
-from uploader import leases
 from uploader.db.models import StorageRemote
+from uploader.ledger import leases
 
 DEFAULT_LIMIT = 1000
 

@@ -32,10 +32,11 @@ from cli.operator_common import (
     operator_session,
     warn,
 )
-from uploader import audit_logger, leases
+from uploader import audit_logger
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
 from uploader.errors import RemoteConfigInvalid
+from uploader.ledger import leases
 from uploader.redact import MASK, redact
 from uploader.remotes import retarget
 from uploader.remotes import state as remote_state

@@ -11,7 +11,7 @@ from celery import chain
 from celery.canvas import Signature
 
 from celeryconfig import STEP_PRIORITY, upload_queue
-from uploader.leases import Lease
+from uploader.ledger.leases import Lease
 
 
 def build_chain(lease: Lease, *, probe: bool = False) -> Signature:

@@ -15,10 +15,11 @@ import structlog
 from tasks.app import app
 from tasks.chains import build_chain
 from tasks.runtime import get_runtime
-from uploader import audit_logger, leases
+from uploader import audit_logger
 from uploader.db.session import session_scope
 from uploader.dispatcher import CycleResult, claim_work
 from uploader.errors import SettingsInvalid
+from uploader.ledger import leases
 from uploader.log_limiter import log_limited
 
 log = structlog.get_logger(__name__)
@@ -56,8 +57,8 @@ def _rewind_cursors_hourly(result: CycleResult) -> None:
         REWIND_KEY, b"1", nx=True, ex=REWIND_EVERY_S
     ):
         return
-    from uploader import work_poller
     from uploader.active import active_remotes
+    from uploader.ledger import work_poller
 
     with session_scope() as s:
         for slug in active_remotes(s).running_slugs:

@@ -26,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import audit_logger, evidence, leases, worker_counters
+from uploader import audit_logger, worker_counters
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,
@@ -37,9 +37,10 @@ from uploader.errors import (
     SourceMissing,
     TempSpaceExhausted,
 )
-from uploader.evidence import Encoded
+from uploader.ledger import evidence, leases
+from uploader.ledger.evidence import Encoded
+from uploader.ledger.pair_lock import pair_lock
 from uploader.log_limiter import log_limited
-from uploader.pair_lock import pair_lock
 from uploader.pipeline import (
     FlacFile,
     PairJob,
@@ -149,7 +150,7 @@ def encode(
     self: Task, recording_id: int, remote_slug: str, token: str, probe: bool = False
 ) -> dict[str, Any]:
     """Encode the pair's WAV to FLAC in the worker's temp dir; record the FLAC and its claimed
-    object under the lease (``uploader.evidence``), then start its transfer ahead."""
+    object under the lease (``uploader.ledger.evidence``), then start its transfer ahead."""
     pair = Pair(recording_id, remote_slug, token, probe)
     _bind(pair, "encode", self)
     job, settings = _proceed(pair)
@@ -380,7 +381,7 @@ def _retry_after_temp_problem(
 @app.task(name="uploader.audit", bind=True, max_retries=conf.uploader_max_retries, **TIME_LIMITS)
 def audit(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Write the success row from the transfer the upload step verified and recorded under
-    this lease (``uploader.evidence``), never from the message; flag the recording when every
+    this lease (``uploader.ledger.evidence``), never from the message; flag the recording when every
     required remote has it at its current destination; end the lease; remove the temp FLAC.
 
     A message whose remote is not this worker's, or whose token holds no verified transfer

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from celeryconfig import CONTROL_QUEUE
 from tasks.app import app
 from tasks.runtime import get_runtime
-from uploader import leases
 from uploader.db.session import session_scope
+from uploader.ledger import leases
 
 DEBOUNCE_S = 2
 KEY = "silvasonic:uploader:topup:{slug}"

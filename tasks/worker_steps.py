@@ -30,11 +30,12 @@ from celery.signals import (
 )
 from sqlalchemy import Engine, create_engine, pool, text
 
-from uploader import work_poller, worker_counters
+from uploader import worker_counters
 from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
 from uploader.health import Component, HealthMonitor, HealthServer
 from uploader.heartbeat import Heartbeat, build_payload
+from uploader.ledger import work_poller
 from uploader.logs import configure_logging_if_unset, set_library_level
 from uploader.remotes import state as remote_state
 from uploader.settings import DatabaseSettings, UploaderServiceSettings

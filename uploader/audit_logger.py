@@ -136,7 +136,7 @@ def log_upload_attempt(
 
     A success row records the ``destination`` it was verified at (default: the remote's
     current one) and what proved it (``verified_by``: ``md5``, ``sha1``, ``size`` or
-    ``moved``); the pipeline writes one only from what ``uploader.evidence`` recorded, never
+    ``moved``); the pipeline writes one only from what ``uploader.ledger.evidence`` recorded, never
     from a message.
 
     Idempotent: a redelivered success adds no second success row (it still re-checks

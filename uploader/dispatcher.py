@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy.orm import Session
 
-from uploader import leases
 from uploader.active import active_remotes
+from uploader.ledger import leases
 from uploader.remotes import state as remote_state
 from uploader.schedule import is_within_window
 from uploader.settings import StationSettings, load_station_settings

@@ -7,7 +7,7 @@ The only module that knows the remote path convention (docs/design/0011-runtime.
 with one exception: when another recording already owns that object at the same destination
 (two WAVs of one sensor and day with the same stem in different folders, or ``x.wav`` and
 ``x.WAV``), the later one is written as ``<stem>~<recording_id>.flac`` (:func:`disambiguated`;
-``uploader.remote_objects`` decides, from the database, before any transfer). Paths are
+``uploader.ledger.remote_objects`` decides, from the database, before any transfer). Paths are
 compared case-insensitively (:func:`object_key`): a USB stick's exFAT or a Nextcloud on a
 case-insensitive disk would otherwise merge ``X.flac`` and ``x.flac``.
 

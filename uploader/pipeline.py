@@ -18,12 +18,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import evidence, flac_encoder, leases, path_builder, source_check
+from uploader import flac_encoder, path_builder, source_check
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, FlacChanged, SourceMissing, UnsafePath
-from uploader.evidence import Encoded
+from uploader.ledger import evidence, leases
+from uploader.ledger.evidence import Encoded
+from uploader.ledger.remote_objects import claim_path
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
-from uploader.remote_objects import claim_path
 from uploader.remotes import destination
 from uploader.remotes import state as remote_state
 from uploader.remotes.state import RemoteState
@@ -214,7 +215,7 @@ def remote_path_for(job: PairJob) -> str:
 
 def claim_object(session: Session, job: PairJob, token: str, flac: FlacFile) -> Encoded | None:
     """Claim the pair's object at the remote's current destination and record the FLAC under
-    the lease (``uploader.evidence``); None when the lease is lost. The caller commits before
+    the lease (``uploader.ledger.evidence``); None when the lease is lost. The caller commits before
     anything is transferred."""
     remote_path = claim_path(
         session,

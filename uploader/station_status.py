@@ -20,9 +20,9 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import leases, work_poller
 from uploader.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.errors import SettingsInvalid
+from uploader.ledger import leases, work_poller
 from uploader.remotes import retarget
 from uploader.remotes import state as remote_state
 from uploader.remotes.destination import current_one as current_destination

@@ -10,7 +10,7 @@ figures).
 
 The rules that keep it safe:
 
-- The pair lock (``uploader.pair_lock``) is held from the transfer's start until it is seen
+- The pair lock (``uploader.ledger.pair_lock``) is held from the transfer's start until it is seen
   finished, so no other execution uploads the pair meanwhile — e.g. a second worker on the
   queue during a recreate, which may get this pair's upload step. A pair whose lock is taken
   is not started ahead.
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Engine
 
-from uploader.evidence import Encoded
-from uploader.pair_lock import PairLocks
+from uploader.ledger.evidence import Encoded
+from uploader.ledger.pair_lock import PairLocks
 from uploader.pipeline import PairJob, WorkerContext, start_transfer
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
 

@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote
-from uploader import leases
 from uploader.db.models import Recording
+from uploader.ledger import leases
 from uploader.pipeline import begin_step
 from uploader.remotes import state as remote_state
 from uploader.remotes.state import State

@@ -3,7 +3,7 @@
 Regression tests for the ways a recording was flagged ``uploaded`` while a remote lacked its
 audio: a forged audit message (sent by a separate process that knows only the Redis URL), a
 remote pointed at another folder, and two recordings mapped to one remote path. Each failed on
-the code before ``uploader.evidence`` / ``uploader.remotes.destination`` / ``uploader.remote_objects``.
+the code before ``uploader.ledger.evidence`` / ``uploader.remotes.destination`` / ``uploader.ledger.remote_objects``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``uploader.leases`` against real PostgreSQL: claiming (also from two threads at once),
+"""``uploader.ledger.leases`` against real PostgreSQL: claiming (also from two threads at once),
 expiry, stale tokens, failures and parking, and that every time is the database's."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.factories import count_rows, make_recording, make_remote, make_upload
-from uploader import leases
 from uploader.db.models import Recording
+from uploader.ledger import leases
 
 SLUG = "nextcloud"
 

@@ -1,4 +1,4 @@
-"""``uploader.pair_lock`` on real PostgreSQL: one holder per pair across connections, the
+"""``uploader.ledger.pair_lock`` on real PostgreSQL: one holder per pair across connections, the
 bounded wait of an upload step for a pair that is busy elsewhere, and ``PairLocks`` (several
 pairs held on one connection, as the transfers started ahead hold them)."""
 
@@ -8,7 +8,7 @@ import threading
 
 from sqlalchemy import Engine
 
-from uploader.pair_lock import PairLocks, pair_lock
+from uploader.ledger.pair_lock import PairLocks, pair_lock
 
 
 def test_one_holder_per_pair(engine: Engine) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cli.main import main
 from tests.factories import make_recording, make_remote, make_upload, set_config
-from uploader import leases
+from uploader.ledger import leases
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from tests.factories import write_wav
 from tests.fixtures.remote_servers import RemoteServer, StallingServer
 from uploader import transfer_ahead
-from uploader.evidence import Encoded
-from uploader.pair_lock import pair_lock
+from uploader.ledger.evidence import Encoded
+from uploader.ledger.pair_lock import pair_lock
 from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac, remote_path_for
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneErrorKind
 from uploader.transfer_ahead import TransfersAhead
@@ -163,7 +163,7 @@ def test_cli_transport_starts_nothing_ahead(webdav_server: RemoteServer, tmp_pat
 
 
 def _encoded(ctx: WorkerContext, job: PairJob) -> Encoded:
-    """The FLAC as the encode step records it (``uploader.evidence``), at its usual path."""
+    """The FLAC as the encode step records it (``uploader.ledger.evidence``), at its usual path."""
     flac = ensure_flac(ctx, job, reuse=False)
     return Encoded(flac.size_bytes, flac.md5, remote_path_for(job), job.destination)
 

@@ -1,4 +1,4 @@
-"""``uploader.work_poller`` against real PostgreSQL.
+"""``uploader.ledger.work_poller`` against real PostgreSQL.
 
 The seed's *unit* table for the work poller (``test_finds_pending_for_remote`` …
 ``test_empty_result``) says "mocked session"; a mock would only echo the SQL back, so those
@@ -18,8 +18,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.factories import BASE_TIME, count_rows, make_recording, make_remote, make_upload
-from uploader import leases, work_poller
-from uploader.work_poller import count_pending, find_pending_uploads
+from uploader.ledger import leases, work_poller
+from uploader.ledger.work_poller import count_pending, find_pending_uploads
 
 
 def _ids(pending: list[work_poller.PendingUpload]) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote, make_upload
-from uploader.work_poller import find_pending_uploads
+from uploader.ledger.work_poller import find_pending_uploads
 
 
 def test_pending_query_real_db(session: Session) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tasks.chains import build_chain
-from uploader.leases import Lease
+from uploader.ledger.leases import Lease
 
 
 @pytest.fixture

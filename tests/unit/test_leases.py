@@ -1,4 +1,4 @@
-"""``uploader.leases`` branches that need no database: arguments refused before any query,
+"""``uploader.ledger.leases`` branches that need no database: arguments refused before any query,
 malformed tokens that must not become database errors.
 
 Everything that touches a lease (claiming, disjoint concurrent claims, expiry, stale tokens,
@@ -13,7 +13,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from uploader import leases
+from uploader.ledger import leases
 
 
 def test_claim_refuses_a_non_positive_lease_length() -> None:

@@ -1,4 +1,4 @@
-"""``uploader.work_poller``'s pure parts: where the cursor may move, how a batch is chosen,
+"""``uploader.ledger.work_poller``'s pure parts: where the cursor may move, how a batch is chosen,
 the count's extrapolation, the ``PendingUpload`` model.
 
 The seed's unit table (``test_finds_pending_for_remote``, ``test_excludes_already_uploaded_to_this_remote``,
@@ -15,8 +15,8 @@ from unittest.mock import MagicMock
 import pydantic
 import pytest
 
-from uploader import work_poller
-from uploader.work_poller import (
+from uploader.ledger import work_poller
+from uploader.ledger.work_poller import (
     Candidate,
     PendingUpload,
     Source,

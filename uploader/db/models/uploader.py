@@ -125,7 +125,7 @@ class PairState(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
-    # what the steps proved under a lease token (uploader.evidence; migration 0004)
+    # what the steps proved under a lease token (uploader.ledger.evidence; migration 0004)
     flac_token: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), nullable=True)
     flac_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     flac_md5: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -4,7 +4,7 @@ A lease is a row of ``pair_state`` with a token and ``lease_until``: the dispatc
 pairs, every pipeline step checks or renews the token, and a step whose token no longer
 matches does nothing. A lease whose message vanished simply expires and is claimed again.
 ``pair_state`` holds only leased, failed and parked pairs; pairs never tried are found by
-``uploader.work_poller``'s walk, done pairs are deleted (:func:`finish`).
+``uploader.ledger.work_poller``'s walk, done pairs are deleted (:func:`finish`).
 
 All times are the database's ``now()`` (the transaction's start), never this process's clock:
 the dispatcher and the workers run on different machines' clocks in tests and in the field.
@@ -22,10 +22,10 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import work_poller
+from uploader.ledger import work_poller
+from uploader.ledger.work_poller import Source
 from uploader.redact import redact
 from uploader.remotes.destination import current_one as current_destination
-from uploader.work_poller import Source
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import leases
+from uploader.ledger import leases
 
 
 @dataclass(frozen=True)

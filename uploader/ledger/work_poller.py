@@ -19,9 +19,9 @@ are done (the seed's anti-join does, docs/pending.md):
 - **retry work**: ``pair_state`` rows of this remote with no live lease that are not parked,
   or whose park window has passed.
 
-The dispatcher claims pairs through ``uploader.leases``, which takes its candidates from
+The dispatcher claims pairs through ``uploader.ledger.leases``, which takes its candidates from
 :func:`select_candidates` and reports back through :func:`advance_cursor`. The statements, and
-why each is written the way it is, are in ``uploader.pending_sql``.
+why each is written the way it is, are in ``uploader.ledger.pending_sql``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from uploader import pending_sql as sql
+from uploader.ledger import pending_sql as sql
 from uploader.remotes.destination import current_one as current_destination
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class CandidateBatch:
-    """What one selection found; ``uploader.leases`` turns ``chosen`` into leases.
+    """What one selection found; ``uploader.ledger.leases`` turns ``chosen`` into leases.
 
     When ``cursor_locked``, this transaction holds the remote's cursor row: new work is walked
     by one claimer at a time. Retry rows are not locked here; the claim locks the ones it
@@ -130,7 +130,7 @@ def find_pending_uploads(
 ) -> list[PendingUpload]:
     """Up to ``batch_size`` pending pairs of this remote, oldest first (by ``time``, then id).
 
-    Reads only; it takes no lease (``uploader.leases.claim`` does). It may move the remote's
+    Reads only; it takes no lease (``uploader.ledger.leases.claim`` does). It may move the remote's
     cursor over rows the walk found decided, without waiting for a lock. "Oldest" is the order
     of ``recordings.id`` within the walk, i.e. insertion order, which for a live station is
     the order of ``time``; each batch is then sorted by ``time``. Fewer than ``batch_size``
@@ -189,7 +189,7 @@ def select_candidates(session: Session, remote_slug: str, n: int, *, lock: bool)
     ``lock=True`` (claiming): new work is walked only if this transaction gets the cursor row
     (``FOR UPDATE SKIP LOCKED``), so two concurrent claims never walk the same rows and never
     wait for each other; the one without the cursor takes retry work only, this once. Retry
-    candidates are read without locks; ``uploader.leases`` locks (``SKIP LOCKED``) and leases
+    candidates are read without locks; ``uploader.ledger.leases`` locks (``SKIP LOCKED``) and leases
     only the ones chosen, re-checking that they are still free.
     """
     dest = current_destination(session, remote_slug)

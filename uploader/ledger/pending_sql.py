@@ -1,4 +1,4 @@
-"""The SQL behind ``uploader.work_poller``: the per-remote walk over new work, the retry
+"""The SQL behind ``uploader.ledger.work_poller``: the per-remote walk over new work, the retry
 picks from ``pair_state``, the cursor, and the heartbeat count (docs/pending.md).
 
 Hand-written because these are the hot statements of the dispatcher and every heartbeat, and
