@@ -45,8 +45,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from uploader import audit_logger
-from uploader.active import active_remotes
+from uploader.completion import audit_logger
+from uploader.completion.active import active_remotes
 from uploader.db import schema
 from uploader.ledger import leases, pending_sql, work_poller
 from uploader.remotes import state as remote_state

@@ -32,8 +32,8 @@ from cli.operator_common import (
     operator_session,
     warn,
 )
-from uploader import audit_logger
-from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.completion import audit_logger
+from uploader.completion.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.db.models import StorageRemote
 from uploader.errors import RemoteConfigInvalid
 from uploader.ledger import leases
@@ -128,7 +128,7 @@ def list_cmd(as_json: bool) -> None:
 
 
 def _role(slug: str, is_active: bool | None, active: ActiveRemotes) -> tuple[str, str | None]:
-    """(role, why) - ``required``/``running`` follow ``uploader.active``."""
+    """(role, why) - ``required``/``running`` follow ``uploader.completion.active``."""
     if not is_active:
         return "inactive", None
     skipped = {s.reason: s.detail for s in active.skipped if s.slug == slug}

@@ -16,7 +16,7 @@ from cli.operator_common import (
     operator_session,
     short_time,
 )
-from uploader.audit_logger import list_deletable
+from uploader.completion.audit_logger import list_deletable
 from uploader.station_status import (
     OldestIncomplete,
     RemoteProgress,

@@ -327,7 +327,8 @@ class UploaderEnvConfig(BaseSettings):
 
 
 class RemoteLike(Protocol):
-    """What the factory needs of a remote (``uploader.active.RemoteRef`` or the ORM row)."""
+    """What the factory needs of a remote (``uploader.completion.active.RemoteRef`` or the ORM
+    row)."""
 
     @property
     def slug(self) -> str: ...

@@ -1,10 +1,10 @@
 """Desired state: which uploader workers should run (ADR-0029: a separate evaluator, so its
 failure can never drop another evaluator's specs).
 
-:class:`UploaderEvaluator` turns the *running* remotes of :func:`uploader.active.active_remotes`
-— the one definition shared with the dispatcher and ``status`` — into specs. :func:`combine`
-joins several evaluators, each isolated, which is how the upstream Controller can run ours
-beside its recorder evaluator.
+:class:`UploaderEvaluator` turns the *running* remotes of
+:func:`uploader.completion.active.active_remotes` — the one definition shared with the dispatcher
+and ``status`` — into specs. :func:`combine` joins several evaluators, each isolated, which is how
+the upstream Controller can run ours beside its recorder evaluator.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from controller_ext.container_spec import (
     build_uploader_spec,
     host_mode_health_port,
 )
-from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.completion.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.errors import RemoteMisconfigured
 
 log = structlog.get_logger("controller")

@@ -15,7 +15,7 @@ import structlog
 from tasks.app import app
 from tasks.chains import build_chain
 from tasks.runtime import get_runtime
-from uploader import audit_logger
+from uploader.completion import audit_logger
 from uploader.db.session import session_scope
 from uploader.dispatcher import CycleResult, claim_work
 from uploader.errors import SettingsInvalid
@@ -42,7 +42,7 @@ def _recover_lost_broker_state() -> int:
     """Release every lease if Redis lost our epoch marker (restarted empty)."""
     r = get_runtime().redis
     if r.set(EPOCH_KEY, b"1", nx=True):
-        from uploader.active import active_remotes
+        from uploader.completion.active import active_remotes
 
         with session_scope() as s:
             released = sum(leases.release_all(s, slug) for slug in active_remotes(s).required_slugs)
@@ -57,7 +57,7 @@ def _rewind_cursors_hourly(result: CycleResult) -> None:
         REWIND_KEY, b"1", nx=True, ex=REWIND_EVERY_S
     ):
         return
-    from uploader.active import active_remotes
+    from uploader.completion.active import active_remotes
     from uploader.ledger import work_poller
 
     with session_scope() as s:

@@ -26,7 +26,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import audit_logger, worker_counters
+from uploader import worker_counters
+from uploader.completion import audit_logger
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
     FileRejected,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy.orm import Session
 
-from uploader.active import active_remotes
+from uploader.completion.active import active_remotes
 from uploader.ledger import leases
 from uploader.remotes import state as remote_state
 from uploader.schedule import is_within_window

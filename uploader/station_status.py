@@ -20,7 +20,7 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader.active import ActiveRemotes, SkipReason, active_remotes
+from uploader.completion.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.errors import SettingsInvalid
 from uploader.ledger import leases, work_poller
 from uploader.remotes import retarget

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_remote, set_config
-from uploader.active import ActiveRemotes, SkipReason, active_remotes, required_slugs
+from uploader.completion.active import ActiveRemotes, SkipReason, active_remotes, required_slugs
 from uploader.db.models import RemoteStatus, StorageRemote
 from uploader.remotes.config import config_fingerprint
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings

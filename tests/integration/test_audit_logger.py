@@ -1,4 +1,4 @@
-"""``uploader.audit_logger`` against real PostgreSQL.
+"""``uploader.completion.audit_logger`` against real PostgreSQL.
 
 The seed's *unit* table for the audit logger (``test_success_creates_upload_and_marks_recording``
 … ``test_audit_log_immutable``) says "mocked session"; the completion rule is SQL, so a mock
@@ -19,8 +19,8 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.factories import count_rows, make_recording, make_remote, make_upload, set_config
-from uploader import audit_logger
-from uploader.audit_logger import log_upload_attempt, recompute_uploaded
+from uploader.completion import audit_logger
+from uploader.completion.audit_logger import log_upload_attempt, recompute_uploaded
 from uploader.db.models import Recording, StorageRemote
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.factories import make_recording, make_remote
-from uploader.audit_logger import log_upload_attempt
+from uploader.completion.audit_logger import log_upload_attempt
 
 
 def _uploads(session: Session, recording_id: int) -> list[tuple[str, bool]]:

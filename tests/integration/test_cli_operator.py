@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import main
 from tests.factories import BASE_TIME, make_recording, make_remote, make_upload, set_config
-from uploader import audit_logger
+from uploader.completion import audit_logger
 from uploader.db.models import PairState, StorageRemote
 from uploader.ledger import leases
 from uploader.remotes import state as remote_state

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from tests.factories import make_recording, make_remote, set_config
 
 audit_logger = pytest.importorskip(
-    "uploader.audit_logger", reason="uploader/audit_logger.py (list_deletable) is not here yet"
+    "uploader.completion.audit_logger",
+    reason="uploader/completion/audit_logger.py (list_deletable) is not here yet",
 )
 if not hasattr(audit_logger, "list_deletable"):  # pragma: no cover - depends on the tree
     pytest.skip("audit_logger.list_deletable is not here yet", allow_module_level=True)

@@ -1,5 +1,5 @@
 """``uploader.remotes.state`` against real PostgreSQL, and its agreement with
-``uploader.active`` (which reads the misconfigured mark)."""
+``uploader.completion.active`` (which reads the misconfigured mark)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.factories import make_remote
-from uploader.active import SkipReason, active_remotes
+from uploader.completion.active import SkipReason, active_remotes
 from uploader.remotes import state as remote_state
 from uploader.remotes.config import config_fingerprint
 from uploader.remotes.state import State, get_state, mark_misconfigured, mark_ok, mark_unavailable

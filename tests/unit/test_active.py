@@ -1,4 +1,4 @@
-"""The pure parts of ``uploader.active``; the set computation itself runs against real
+"""The pure parts of ``uploader.completion.active``; the set computation itself runs against real
 PostgreSQL in tests/integration/test_active.py."""
 
 from __future__ import annotations
@@ -7,7 +7,13 @@ from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
-from uploader.active import ActiveRemotes, RemoteRef, Skipped, SkipReason, misconfiguration
+from uploader.completion.active import (
+    ActiveRemotes,
+    RemoteRef,
+    Skipped,
+    SkipReason,
+    misconfiguration,
+)
 from uploader.db.models import StorageRemote
 
 

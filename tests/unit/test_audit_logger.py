@@ -1,4 +1,4 @@
-"""``uploader.audit_logger`` branches that need no database.
+"""``uploader.completion.audit_logger`` branches that need no database.
 
 The seed's unit table (``test_success_creates_upload_and_marks_recording``,
 ``test_success_partial_remotes``, ``test_failure_creates_upload_only``,
@@ -13,7 +13,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from uploader import audit_logger
+from uploader.completion import audit_logger
 from uploader.errors import SettingsInvalid
 
 

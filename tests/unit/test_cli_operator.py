@@ -12,7 +12,7 @@ import pytest
 
 from cli.operator_common import human_age
 from cli.remotes import masked_options, parse_options, parse_secret_lines
-from uploader.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
+from uploader.completion.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
 from uploader.remotes.config import REMOTE_TYPES
 from uploader.remotes.state import State
 from uploader.station_status import RemoteHealth, remote_health

@@ -19,7 +19,7 @@ from controller_ext.container_spec import (
     host_mode_health_port,
     secret_owner,
 )
-from uploader.active import RemoteRef
+from uploader.completion.active import RemoteRef
 from uploader.errors import RemoteConfigInvalid
 
 WORKSPACE = "/srv/silvasonic"

@@ -37,7 +37,7 @@ from controller_ext.evaluator import UploaderEvaluator, combine, evaluate_all
 from controller_ext.heartbeat_gate import HeartbeatProblem, heartbeat_problem
 from controller_ext.queues import purge_queue_keys, queue_keys
 from controller_ext.reconciler import ReconciliationLoop
-from uploader.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
+from uploader.completion.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """``uploader.remotes.state`` branches that need no database: the common ``mark_ok`` after
 every success must neither lock nor write, and the state names must be the ones
-``uploader.active`` compares with. The state machine itself runs against real PostgreSQL in
+``uploader.completion.active`` compares with. The state machine itself runs against real PostgreSQL in
 ``tests/integration/test_remote_state.py``."""
 
 from __future__ import annotations
@@ -28,5 +28,5 @@ def test_get_state_without_a_row_is_ok() -> None:
 
 
 def test_state_names_are_the_stored_strings() -> None:
-    # uploader.active compares remote_status.state with the literal "misconfigured"
+    # uploader.completion.active compares remote_status.state with the literal "misconfigured"
     assert [s.value for s in State] == ["ok", "unavailable", "misconfigured"]

@@ -6,7 +6,7 @@ has no success row in ``uploads`` for it at the remote's current destination
 live lease and it is not parked.
 ``recordings.uploaded`` is never consulted: that is the Janitor's signal, judged against the
 required set, not against the remote asked about. Whether the remote is *running* is the
-caller's question (``uploader.active``); the dispatcher asks only for running remotes.
+caller's question (``uploader.completion.active``); the dispatcher asks only for running remotes.
 
 Pending pairs are found two ways, so no query ever has to step over the millions of pairs that
 are done (the seed's anti-join does, docs/pending.md):

@@ -14,7 +14,7 @@ mistake must not get the station banned by Nextcloud's brute-force protection or
   remote's config, or ``remotes probe SLUG``, probes at once.
 
 Workers set it from what rclone tells them; the dispatcher reads it (an unavailable remote gets
-one probe pair), so do the heartbeat and ``status``, and ``uploader.active`` reads the
+one probe pair), so do the heartbeat and ``status``, and ``uploader.completion.active`` reads the
 ``misconfigured`` mark (valid while the remote's config fingerprint is the one it was set
 under). It lives in the database so the prefork parent, its child and the dispatcher agree.
 No row means ``ok``. Details are redacted: they quote rclone.

@@ -1,7 +1,7 @@
 """The audit (``uploads``, insert-only) and the completion rule - the only code that knows it.
 
-A recording is complete when every *required* remote (``uploader.active``) has a success row
-for it *at the remote's current destination* (``uploader.remotes.destination``: a remote pointed
+A recording is complete when every *required* remote (``uploader.completion.active``) has a success
+row for it *at the remote's current destination* (``uploader.remotes.destination``: a remote pointed
 elsewhere has not got what it held at its old place); then ``recordings.uploaded = true,
 uploaded_at = clock_timestamp()``, the one signal the Janitor trusts before deleting audio. An
 empty required set completes nothing, ever. A remote added later does not un-complete a
@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader.active import required_destinations
+from uploader.completion.active import required_destinations
 from uploader.errors import SettingsInvalid
 from uploader.redact import redact
 from uploader.remotes.destination import current_one as current_destination
