@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import structlog
 
-from uploader.flac_encoder import encode_wav_to_flac, resolve_ffmpeg, verify_lossless
+from uploader.audio.flac_encoder import encode_wav_to_flac, resolve_ffmpeg, verify_lossless
 
 
 def field_audio(seconds: float, rate: int, seed: int = 1) -> np.ndarray:

@@ -128,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     env = dict(item.partition("=")[::2] for item in args.env)
     from tasks.runtime import WORKER_TRANSPORT
-    from uploader.flac_encoder import DEFAULT_ENGINE
+    from uploader.audio.flac_encoder import DEFAULT_ENGINE
     from uploader.rclone.client import DEFAULT_RCD_IDLE_S, RCD_IDLE_ENV
 
     engine = (

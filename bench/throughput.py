@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import SENSOR, Harness, cpu_by_role, cpu_seconds, machine, make_wavs, tree_pids
-from uploader.flac_encoder import resolve_ffmpeg
+from uploader.audio.flac_encoder import resolve_ffmpeg
 from uploader.rclone.client import RcloneClient, find_rclone_binary
 
 TARGET_RATIO = 0.15
@@ -288,7 +288,7 @@ def main() -> int:
         service_env[name] = value
     # the production defaults, as the worker resolves them without overrides
     from tasks.runtime import WORKER_TRANSPORT
-    from uploader.flac_encoder import DEFAULT_ENGINE, DEFAULT_VERIFY
+    from uploader.audio.flac_encoder import DEFAULT_ENGINE, DEFAULT_VERIFY
 
     def _setting(name: str, default: str) -> str:
         return service_env.get(name) or os.environ.get(name) or default

@@ -26,7 +26,7 @@ from cli import demo_station as station
 from cli.flower import DEFAULT_PORT
 from cli.local_run import DataDir, LocalRun
 from cli.run import build_supervisor, logs_to, supervise
-from uploader import flac_encoder
+from uploader.audio import flac_encoder
 
 DEFAULT_DATA_DIR = Path(".silvasonic") / "demo"
 # quicker than a station: beat every second, the controller reconciles every second

@@ -15,12 +15,12 @@ from typing import Any
 import click
 from sqlalchemy import create_engine, pool
 
+from uploader.audio.temp_dir import TEMP_DIR_ENV, worker_temp_dir
 from uploader.db.schema import require_current_schema
 from uploader.errors import SchemaError, TempDirUnsafe
 from uploader.logs import celery_banner_options, configure_logging
 from uploader.remotes.config import validate_remote_slug
 from uploader.settings import DatabaseSettings
-from uploader.temp_dir import TEMP_DIR_ENV, worker_temp_dir
 
 _stopping: list[str] = []
 
@@ -70,7 +70,7 @@ def worker(remote_slug: str, loglevel: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--remote") from None
     configure_logging("uploader")
     _check_schema()
-    try:  # the pool children find exactly this folder again (uploader/temp_dir.py)
+    try:  # the pool children find exactly this folder again (uploader/audio/temp_dir.py)
         os.environ[TEMP_DIR_ENV] = str(worker_temp_dir(remote_slug).parent)
     except TempDirUnsafe as exc:
         raise click.ClickException(str(exc)) from None

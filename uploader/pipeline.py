@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from uploader import flac_encoder, path_builder, source_check
+from uploader import path_builder
+from uploader.audio import flac_encoder, source_check
 from uploader.db.models import Recording
 from uploader.errors import FileRejected, FlacChanged, SourceMissing, UnsafePath
 from uploader.ledger import evidence, leases
@@ -65,7 +66,7 @@ class PairJob:
     destination: str = ""
     #: what the encode step recorded under this lease (None: nothing yet, or another lease)
     encoded: Encoded | None = None
-    #: what the index row says about the WAV (``uploader.source_check``); None: not checked
+    #: what the index row says about the WAV (``uploader.audio.source_check``); None: not checked
     expect: source_check.Expectation | None = None
 
     @property

@@ -46,7 +46,7 @@ from tests.fixtures.forger import forge_audit_messages
 from tests.fixtures.remote_servers import RemoteServer, _serve
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import duplicate_success_pairs, seed_station, set_uploader
-from uploader.flac_encoder import encode_wav_to_flac
+from uploader.audio.flac_encoder import encode_wav_to_flac
 from uploader.ledger import leases
 from uploader.path_builder import build_remote_path
 from uploader.remotes.destination import current as current_destinations

@@ -20,9 +20,9 @@ import pytest
 import soundfile as sf
 
 from tests.factories import write_pcm_wav, write_wav
-from uploader import flac_encoder
+from uploader.audio import flac_encoder
+from uploader.audio.flac_encoder import encode_wav_to_flac, verify_lossless
 from uploader.errors import FileRejected, FlacEncodingError, TempSpaceExhausted
-from uploader.flac_encoder import encode_wav_to_flac, verify_lossless
 
 # "ffmpeg-path": what resolve_ffmpeg finds by default (the machine's ffmpeg, else the wheel's);
 # "ffmpeg-wheel": always the imageio-ffmpeg binary. Both must be lossless.

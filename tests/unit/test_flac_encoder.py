@@ -20,15 +20,8 @@ import soundfile as sf
 from structlog.testing import capture_logs
 
 from tests.factories import write_pcm_wav, write_wav
-from uploader import flac_encoder
-from uploader.errors import (
-    FileRejected,
-    FlacEncodingError,
-    SourceMissing,
-    TempSpaceExhausted,
-    UploaderError,
-)
-from uploader.flac_encoder import (
+from uploader.audio import flac_encoder
+from uploader.audio.flac_encoder import (
     default_engine,
     default_timeout_s,
     encode_wav_to_flac,
@@ -36,6 +29,13 @@ from uploader.flac_encoder import (
     remove_partial_outputs,
     resolve_ffmpeg,
     verify_lossless,
+)
+from uploader.errors import (
+    FileRejected,
+    FlacEncodingError,
+    SourceMissing,
+    TempSpaceExhausted,
+    UploaderError,
 )
 
 FAKE_PID = 999_999_999  # never a real pid: a stray killpg could not hit anything

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 
 from tests.factories import write_pcm_wav, write_wav
-from uploader import flac_encoder
+from uploader.audio import flac_encoder
+from uploader.audio.flac_encoder import encode_wav_to_flac, verify_mode
 from uploader.errors import FlacEncodingError
-from uploader.flac_encoder import encode_wav_to_flac, verify_mode
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A WAV must hold what its header and its index row promise (uploader/source_check.py),
+"""A WAV must hold what its header and its index row promise (uploader/audio/source_check.py),
 checked on real files through the encoder that calls it."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 
 from tests.factories import write_wav
-from uploader import source_check
+from uploader.audio import source_check
+from uploader.audio.flac_encoder import encode_checked
+from uploader.audio.source_check import Expectation
 from uploader.errors import SourceMismatch
-from uploader.flac_encoder import encode_checked
-from uploader.source_check import Expectation
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The worker's temp folder is private (uploader/temp_dir.py), on real folders: the tests run
+"""The worker's temp folder is private (uploader/audio/temp_dir.py), on real folders: the tests run
 as root, so "another user" is ``nobody`` made the owner with chown."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from uploader import temp_dir
+from uploader.audio import temp_dir
+from uploader.audio.temp_dir import private_dir, worker_temp_dir
 from uploader.errors import TempDirUnsafe
-from uploader.temp_dir import private_dir, worker_temp_dir
 
 pytestmark = pytest.mark.unit
 NOBODY = 65534

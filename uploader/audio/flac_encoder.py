@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import structlog
 
-from uploader import source_check
+from uploader.audio import source_check
 from uploader.errors import FlacEncodingError, SourceMissing, TempSpaceExhausted
 from uploader.redact import redact
 
@@ -78,7 +78,7 @@ _SIXTEEN_BITS_OR_LESS = {"PCM_U8", "PCM_S8", "PCM_16"}
 # sources whose libflac output is checked by STREAMINFO and its last block in "fast" mode
 _FAST_CHECKED = {"PCM_16", "PCM_24"}
 
-_log = structlog.get_logger("uploader.flac_encoder")
+_log = structlog.get_logger("uploader.audio.flac_encoder")
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def encode_checked(
     """Encode ``wav_path`` to ``output_dir/<stem>.flac``: the path, size and md5.
 
     With ``expect``, the WAV is first checked against its header and its index row
-    (``uploader.source_check``): a WAV cut short raises :class:`SourceMismatch`.
+    (``uploader.audio.source_check``): a WAV cut short raises :class:`SourceMismatch`.
 
     The output appears atomically (written under a ``.partial.flac`` name, renamed when proven
     lossless) and overwrites an older one; nothing is left behind on any failure or interrupt.
