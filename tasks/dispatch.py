@@ -17,10 +17,10 @@ from tasks.chains import build_chain
 from tasks.runtime import get_runtime
 from uploader.completion import audit_logger
 from uploader.db.session import session_scope
-from uploader.dispatcher import CycleResult, claim_work
 from uploader.errors import SettingsInvalid
 from uploader.ledger import leases
 from uploader.log_limiter import log_limited
+from uploader.pipeline.dispatcher import CycleResult, claim_work
 
 log = structlog.get_logger(__name__)
 DISCOVERY_KEY = "silvasonic:uploader:discovery"

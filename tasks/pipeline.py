@@ -1,4 +1,4 @@
-"""The pipeline tasks: thin adapters over ``uploader.pipeline`` that translate typed outcomes
+"""The pipeline tasks: thin adapters over ``uploader.pipeline.steps`` that translate typed outcomes
 into Celery's words (docs/design/0010-layout.md, docs/design/0007-failure-kinds.md).
 
 - connection-level (``RemoteUnavailable``, a full temp dir) → ``self.retry`` with jittered
@@ -42,7 +42,7 @@ from uploader.ledger import evidence, leases
 from uploader.ledger.evidence import Encoded
 from uploader.ledger.pair_lock import pair_lock
 from uploader.log_limiter import log_limited
-from uploader.pipeline import (
+from uploader.pipeline.steps import (
     FlacFile,
     PairJob,
     begin_step,
@@ -192,7 +192,7 @@ def _encode(self: Task, pair: Pair, job: PairJob, settings: StationSettings) -> 
 
 
 def _start_ahead(job: PairJob, pair: Pair, encoded: Encoded) -> None:
-    """Hand the FLAC to the worker's rclone daemon now (``uploader.transfer_ahead``)."""
+    """Hand the FLAC to the worker's rclone daemon now (``uploader.pipeline.transfer_ahead``)."""
     rt = get_runtime()
     try:
         client = rt.client_for(job.remote)
@@ -240,7 +240,7 @@ def upload(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     encoded = job.encoded
     result = None
     if encoded is not None and encoded.destination == job.destination:
-        # the transfer the encode step started ahead, if it holds (uploader.transfer_ahead)
+        # the transfer the encode step started ahead, if it holds (uploader.pipeline.transfer_ahead)
         result = rt.ahead.finish(
             pair.recording_id, pair.remote_slug, pair.token, encoded.remote_path
         )

@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from uploader.completion.active import ActiveRemotes, SkipReason, active_remotes
 from uploader.errors import SettingsInvalid
 from uploader.ledger import leases, work_poller
+from uploader.pipeline.schedule import is_within_window
 from uploader.remotes import retarget
 from uploader.remotes import state as remote_state
 from uploader.remotes.destination import current_one as current_destination
-from uploader.schedule import is_within_window
 from uploader.settings import (
     StationSettings,
     SystemSettings,

@@ -1,4 +1,4 @@
-"""``uploader.pipeline.begin_step`` against real PostgreSQL: in one statement it renews the
+"""``uploader.pipeline.steps.begin_step`` against real PostgreSQL: in one statement it renews the
 lease exactly as ``leases.renew`` does, and reads what ``remote_state.get_state`` and
 the job it needs, in every case a step meets."""
 
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from tests.factories import make_recording, make_remote
 from uploader.db.models import Recording
 from uploader.ledger import leases
-from uploader.pipeline import begin_step
+from uploader.pipeline.steps import begin_step
 from uploader.remotes import state as remote_state
 from uploader.remotes.state import State
 from uploader.settings import StationSettings, SystemSettings, UploaderSettings

@@ -1,4 +1,4 @@
-"""Uploads started ahead of their step (``uploader.transfer_ahead``), against real rclone rcd
+"""Uploads started ahead of their step (``uploader.pipeline.transfer_ahead``), against real rclone rcd
 daemons and a real WebDAV server on 127.0.0.1: the waiting step gets the same result its own
 transfer would have, never a stale one, and nothing transfers that nobody waits for."""
 
@@ -16,12 +16,18 @@ from sqlalchemy import Engine
 
 from tests.factories import write_wav
 from tests.fixtures.remote_servers import RemoteServer, StallingServer
-from uploader import transfer_ahead
 from uploader.ledger.evidence import Encoded
 from uploader.ledger.pair_lock import pair_lock
-from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac, remote_path_for
+from uploader.pipeline import transfer_ahead
+from uploader.pipeline.steps import (
+    PairJob,
+    RemoteSnapshot,
+    WorkerContext,
+    ensure_flac,
+    remote_path_for,
+)
+from uploader.pipeline.transfer_ahead import TransfersAhead
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneErrorKind
-from uploader.transfer_ahead import TransfersAhead
 
 DAY = "silvasonic/test-station/mic-1/2026-11-26"
 

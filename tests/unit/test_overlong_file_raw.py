@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from uploader.errors import UnsafePath
-from uploader.pipeline import PairJob, RemoteSnapshot, WorkerContext, ensure_flac
+from uploader.pipeline.steps import PairJob, RemoteSnapshot, WorkerContext, ensure_flac
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from uploader.schedule import is_within_window
+from uploader.pipeline.schedule import is_within_window
 
 
 def at(hour: int, minute: int = 0) -> datetime:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from uploader import transfer_ahead
-from uploader.transfer_ahead import TransfersAhead
+from uploader.pipeline import transfer_ahead
+from uploader.pipeline.transfer_ahead import TransfersAhead
 
 
 @dataclass

@@ -96,7 +96,7 @@ _CHECK = text(
     f"SELECT 1 FROM pair_state WHERE {_PAIR} AND lease_token = :token AND lease_until > now()"
 )
 #: the renewal (see :func:`renew`), also run as the data-modifying CTE of a pipeline step's
-#: first statement (``uploader.pipeline.begin_step``), with :func:`renew_params`
+#: first statement (``uploader.pipeline.steps.begin_step``), with :func:`renew_params`
 RENEW_SQL = f"""
     UPDATE pair_state SET lease_until = now() + make_interval(secs => :lease_s), updated_at = now()
     WHERE {_PAIR} AND lease_token = :token

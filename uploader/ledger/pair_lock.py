@@ -48,10 +48,10 @@ def pair_lock(
 
 
 class PairLocks:
-    """Pair locks held beyond one function call, all on one dedicated connection: for the
-    transfers a worker starts ahead of their upload step (``uploader.transfer_ahead``), each
-    locked from its start until it is seen finished. Thread-safe; ``close`` (or the process's
-    death, which closes the connection) releases them all."""
+    """Pair locks held beyond one function call, all on one dedicated connection: for the transfers
+    a worker starts ahead of their upload step (``uploader.pipeline.transfer_ahead``), each locked
+    from its start until it is seen finished. Thread-safe; ``close`` (or the process's death, which
+    closes the connection) releases them all."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 
 from uploader.ledger.evidence import Encoded
 from uploader.ledger.pair_lock import PairLocks
-from uploader.pipeline import PairJob, WorkerContext, start_transfer
+from uploader.pipeline.steps import PairJob, WorkerContext, start_transfer
 from uploader.rclone.client import PendingUpload, RcloneClient, RcloneResult
 
 log = structlog.get_logger(__name__)

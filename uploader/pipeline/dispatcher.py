@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from uploader.completion.active import active_remotes
 from uploader.ledger import leases
+from uploader.pipeline.schedule import is_within_window
 from uploader.remotes import state as remote_state
-from uploader.schedule import is_within_window
 from uploader.settings import StationSettings, load_station_settings
 
 log = structlog.get_logger(__name__)
