@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uploader.logs import configure_logging
+from uploader.ops.logs import configure_logging
 from uploader.rclone.client import RcloneClient, find_rclone_binary
 
 

@@ -12,7 +12,7 @@ import click
 from celeryconfig import CONTROL_QUEUE
 from cli.supervisor import Supervisor
 from cli.worker import _check_schema, loglevel_option
-from uploader.logs import SERVICE_ENV, celery_banner_options, configure_logging
+from uploader.ops.logs import SERVICE_ENV, celery_banner_options, configure_logging
 
 
 def dispatcher_commands(loglevel: str = "INFO") -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from controller_ext.service import ControllerSettings, run_controller
-from uploader.logs import configure_logging
+from uploader.ops.logs import configure_logging
 
 
 @click.command()

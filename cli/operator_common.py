@@ -28,7 +28,7 @@ from controller_ext.nudge import send_nudge
 from controller_ext.queues import purge_queue_keys, queue_name, queued_messages
 from uploader.db.schema import require_current_schema
 from uploader.errors import UploaderError
-from uploader.logs import configure_logging
+from uploader.ops.logs import configure_logging
 from uploader.redact import redact
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 

@@ -28,7 +28,7 @@ from cli import flower
 from cli.local_run import WORKER_STOP_TIMEOUT_S, DataDir, LocalRun
 from cli.supervisor import Child, Supervisor
 from cli.worker import loglevel_option
-from uploader.logs import configure_logging
+from uploader.ops.logs import configure_logging
 from uploader.rclone.process_group import spawn
 
 log = structlog.get_logger("run")

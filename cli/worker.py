@@ -18,14 +18,14 @@ from sqlalchemy import create_engine, pool
 from uploader.audio.temp_dir import TEMP_DIR_ENV, worker_temp_dir
 from uploader.db.schema import require_current_schema
 from uploader.errors import SchemaError, TempDirUnsafe
-from uploader.logs import celery_banner_options, configure_logging
+from uploader.ops.logs import celery_banner_options, configure_logging
 from uploader.remotes.config import validate_remote_slug
 from uploader.settings import DatabaseSettings
 
 _stopping: list[str] = []
 
 #: --loglevel of the commands that run Celery (worker, beat, run): the level of Celery's, kombu's
-#: and redis-py's records; ours follow SILVASONIC_LOG_LEVEL (uploader/logs.py)
+#: and redis-py's records; ours follow SILVASONIC_LOG_LEVEL (uploader/ops/logs.py)
 loglevel_option = click.option(
     "--loglevel",
     default="INFO",

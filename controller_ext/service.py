@@ -30,7 +30,7 @@ from controller_ext.nudge import NudgeSubscriber
 from controller_ext.process_backend import ProcessBackend, command_from_template
 from controller_ext.reconciler import DEFAULT_INTERVAL_S, ReconciliationLoop
 from uploader.db.session import session_scope
-from uploader.logs import configure_logging
+from uploader.ops.logs import configure_logging
 from uploader.settings import DatabaseSettings
 
 log = structlog.get_logger("controller")

@@ -26,7 +26,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tasks.app import app
 from tasks.runtime import get_runtime
 from tasks.topup import maybe_request_topup, read_lease_level
-from uploader import worker_counters
 from uploader.completion import audit_logger
 from uploader.db.session import get_engine, session_scope
 from uploader.errors import (
@@ -42,6 +41,7 @@ from uploader.ledger import evidence, leases
 from uploader.ledger.evidence import Encoded
 from uploader.ledger.pair_lock import pair_lock
 from uploader.log_limiter import log_limited
+from uploader.ops import worker_counters
 from uploader.pipeline.steps import (
     FlacFile,
     PairJob,

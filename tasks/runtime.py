@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from uploader.audio.flac_encoder import default_engine
 from uploader.audio.temp_dir import worker_temp_dir
 from uploader.db.session import get_engine
+from uploader.ops.upload_stats import UploadStats
 from uploader.pipeline.steps import RemoteSnapshot, WorkerContext
 from uploader.pipeline.transfer_ahead import TransfersAhead
 from uploader.rclone.client import TRANSPORT_ENV, RcloneClient
 from uploader.remotes.config import config_fingerprint
 from uploader.settings import StationSettings, UploaderServiceSettings, load_station_settings
-from uploader.upload_stats import UploadStats
 
 #: the worker's rclone transport unless SILVASONIC_RCLONE_TRANSPORT says otherwise: one
 #: long-lived ``rclone rcd`` per worker costs 2-6 ms per file against 40-50 ms for a process per

@@ -5,7 +5,7 @@ set-up after fork, and the final summary at shutdown.
 Only a worker started for a remote (``SILVASONIC_STORAGE_REMOTE_SLUG`` set, by
 ``silvasonic-uploader worker``) serves ``/healthy`` and publishes a heartbeat. Every worker —
 the dispatcher's control worker too — watches its own broker consumer
-(``uploader/consumer_watch.py``): a remote's worker reports a stuck consumer as ``/healthy``
+(``uploader/ops/consumer_watch.py``): a remote's worker reports a stuck consumer as ``/healthy``
 503 (the Controller recreates it), the control worker ends itself so its supervisor restarts it.
 """
 
@@ -30,13 +30,13 @@ from celery.signals import (
 )
 from sqlalchemy import Engine, create_engine, pool, text
 
-from uploader import worker_counters
-from uploader.consumer_watch import ConsumerVerdict, ConsumerWatch
 from uploader.db.session import dispose_engine
-from uploader.health import Component, HealthMonitor, HealthServer
-from uploader.heartbeat import Heartbeat, build_payload
 from uploader.ledger import work_poller
-from uploader.logs import configure_logging_if_unset, set_library_level
+from uploader.ops import worker_counters
+from uploader.ops.consumer_watch import ConsumerVerdict, ConsumerWatch
+from uploader.ops.health import Component, HealthMonitor, HealthServer
+from uploader.ops.heartbeat import Heartbeat, build_payload
+from uploader.ops.logs import configure_logging_if_unset, set_library_level
 from uploader.remotes import state as remote_state
 from uploader.settings import DatabaseSettings, UploaderServiceSettings
 

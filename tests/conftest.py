@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from uploader import log_limiter
-from uploader.logs import PER_TASK_LOGGERS, StdlibHandler
+from uploader.ops.logs import PER_TASK_LOGGERS, StdlibHandler
 
 # local remotes of the tests write below the system temp dir (tmp_path), which a station would
 # never allow (uploader/remotes/local_roots.py); processes the tests start inherit it

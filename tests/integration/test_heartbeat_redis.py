@@ -13,8 +13,8 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from uploader.health import HealthMonitor
-from uploader.heartbeat import STATUS_CHANNEL, Heartbeat, build_payload, publish
+from uploader.ops.health import HealthMonitor
+from uploader.ops.heartbeat import STATUS_CHANNEL, Heartbeat, build_payload, publish
 
 # Other suites may publish on the shared channel: every test filters by its own instance id.
 

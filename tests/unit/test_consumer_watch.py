@@ -1,4 +1,4 @@
-"""The consumer watch's rule (``uploader/consumer_watch.py``) on an injected clock: a stuck
+"""The consumer watch's rule (``uploader/ops/consumer_watch.py``) on an injected clock: a stuck
 consumer is unhealthy after the stall window, an idle or busy one never is, and a Redis outage
 is waited out rather than reported as a broken worker."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.fake_clock import Clock
-from uploader.consumer_watch import ConsumerWatch
-from uploader.health import HealthMonitor
+from uploader.ops.consumer_watch import ConsumerWatch
+from uploader.ops.health import HealthMonitor
 
 STALL = 60.0
 
@@ -159,7 +159,7 @@ def test_stall_window_must_be_positive() -> None:
 
 
 def test_a_check_is_evaluated_at_every_snapshot(watch: ConsumerWatch, clock: Clock) -> None:
-    from uploader.health import Component
+    from uploader.ops.health import Component
 
     monitor = HealthMonitor()
 

@@ -14,7 +14,7 @@ from kombu.asynchronous import Hub
 
 from tasks import worker_steps
 from tests.unit.fake_clock import Clock
-from uploader.consumer_watch import ConsumerWatch
+from uploader.ops.consumer_watch import ConsumerWatch
 
 
 class Ping:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from uploader.health import HealthMonitor, HealthServer
+from uploader.ops.health import HealthMonitor, HealthServer
 
 
 @pytest.fixture

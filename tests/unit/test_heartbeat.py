@@ -10,8 +10,8 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from uploader.health import HealthMonitor
-from uploader.heartbeat import (
+from uploader.ops.health import HealthMonitor
+from uploader.ops.heartbeat import (
     MIN_TTL_S,
     STATUS_CHANNEL,
     STATUS_KEY,

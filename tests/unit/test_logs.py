@@ -1,4 +1,4 @@
-"""``uploader.logs``: our events and the libraries' records through one renderer, JSON lines
+"""``uploader.ops.logs``: our events and the libraries' records through one renderer, JSON lines
 with upstream's keys in production, Celery's per-task lines kept quiet."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import warnings
 import pytest
 import structlog
 
-from uploader.logs import StdlibHandler, configure_logging, set_library_level
+from uploader.ops.logs import StdlibHandler, configure_logging, set_library_level
 
 
 def _lines(buf: io.StringIO) -> list[dict[str, object]]:
@@ -115,7 +115,7 @@ def test_json_tracebacks_carry_no_local_variables(monkeypatch: pytest.MonkeyPatc
 
     import structlog
 
-    from uploader.logs import configure_logging
+    from uploader.ops.logs import configure_logging
 
     monkeypatch.setenv("SILVASONIC_DEVELOPMENT_MODE", "false")
     out = io.StringIO()
@@ -141,7 +141,7 @@ def test_console_logs_render_a_library_record_with_a_traceback(
     import io
     import logging
 
-    from uploader.logs import configure_logging
+    from uploader.ops.logs import configure_logging
 
     monkeypatch.setenv("SILVASONIC_DEVELOPMENT_MODE", "true")
     out = io.StringIO()

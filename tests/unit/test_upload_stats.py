@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.unit.fake_clock import Clock
-from uploader.upload_stats import UploadCounts, UploadStats
+from uploader.ops.upload_stats import UploadCounts, UploadStats
 
 
 def make_stats(clock: Clock, startup_s: float = 300, interval_s: float = 300) -> UploadStats:

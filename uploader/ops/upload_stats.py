@@ -78,7 +78,9 @@ class UploadStats:
         if self._interval_s <= 0:
             raise ValueError(f"summary_interval_s must be > 0, not {self._interval_s}")
         self._clock = clock
-        self._log: FilteringBoundLogger = logger or structlog.get_logger("uploader.upload_stats")
+        self._log: FilteringBoundLogger = logger or structlog.get_logger(
+            "uploader.ops.upload_stats"
+        )
         self._started = clock()
         self._interval_started = self._started
         self._startup_over = False
