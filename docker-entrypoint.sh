@@ -37,7 +37,7 @@ for name in "${FILE_VARIABLES[@]}"; do
   unset "${file_var}" value
 done
 
-# the commands of `silvasonic-uploader` (cli/main.py COMMANDS; a unit test keeps them equal)
+# the commands of `silvasonic-uploader` (silvasonic_uploader/cli/main.py COMMANDS; a unit test keeps them equal)
 COMMANDS=(beat controller db demo parked remotes run secrets status worker)
 
 is_command() {

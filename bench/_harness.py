@@ -29,12 +29,12 @@ import soundfile as sf
 from sqlalchemy import Engine, create_engine, text
 
 from bench.encode import field_audio
-from cli.local_servers import LocalPostgres, LocalRedis, free_port
+from silvasonic_uploader.cli.local_servers import LocalPostgres, LocalRedis, free_port
 from uploader.db import schema
 from uploader.rclone.client import find_rclone_binary
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "cli"]
+CLI = [sys.executable, "-m", "silvasonic_uploader"]
 SENSOR = "bench-mic-01"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -253,9 +253,9 @@ class Harness:
 
     def __init__(self, prefix: str = "bench-") -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
-        # our own folder: as root the embedded servers run as their own user, which must be
-        # able to pass through it to their data folders (cli/local_servers.py); 0711 lists
-        # nothing to other users
+        # our own folder: as root the embedded servers run as their own user, which must be able to
+        # pass through it to their data folders (silvasonic_uploader/cli/local_servers.py); 0711
+        # lists nothing to other users
         os.chmod(self.tmp, 0o711)
         self.workspace = self.tmp / "workspace"
         self.workspace.mkdir()

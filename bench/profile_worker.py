@@ -52,7 +52,7 @@ def _child(argv: list[str]) -> None:
 
     worker_process_init.connect(_start, weak=False)
     worker_process_shutdown.connect(_stop, weak=False)
-    from cli.main import main as cli_main
+    from silvasonic_uploader.cli.main import main as cli_main
 
     sys.argv = ["silvasonic-uploader", *argv]
     main_prof = cProfile.Profile(timer)  # the Celery main process (consumer, events, pool I/O)
@@ -95,7 +95,7 @@ def main() -> int:
         wavs = make_wavs(h.workspace / "src", args.pairs + 5, 10.0, args.rate)
         out = h.tmp / "profile"
         h.start_dispatcher()
-        from cli.local_servers import free_port
+        from silvasonic_uploader.cli.local_servers import free_port
 
         port = free_port()
         worker = h.spawn(

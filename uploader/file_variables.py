@@ -1,11 +1,12 @@
 """Secrets given as files: for each variable ``NAME`` below, ``NAME_FILE`` names a file whose
 content (trailing newlines dropped) becomes ``NAME``.
 
-Worker containers get their database password, Redis URL and encryption key this way (Podman
-secrets under /run/secrets, docs/controller.md §2), so ``podman inspect`` shows no value; compose
-services do the same with compose secrets. The image's entrypoint (docker-entrypoint.sh) applies
-the same rule for commands that are not ours (Flower); every ``silvasonic-uploader`` command
-applies it itself at start (``cli.main.entry``), so it holds however the process was started.
+Worker containers get their database password, Redis URL and encryption key this way (Podman secrets
+under /run/secrets, docs/controller.md §2), so ``podman inspect`` shows no value; compose services
+do the same with compose secrets. The image's entrypoint (docker-entrypoint.sh) applies the same
+rule for commands that are not ours (Flower); every ``silvasonic-uploader`` command applies it
+itself at start (``silvasonic_uploader.cli.main.entry``), so it holds however the process was
+started.
 """
 
 from __future__ import annotations

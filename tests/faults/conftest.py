@@ -1,7 +1,7 @@
 """The fault suite's own servers and its summary table.
 
 PostgreSQL and Redis here are PRIVATE instances started from the wheels
-(``cli.local_servers``), never the machine's: the faults restart them. One instance of each per
+(``silvasonic_uploader.cli.local_servers``), never the machine's: the faults restart them. One instance of each per
 session; each test gets a fresh database cloned from a migrated template and an empty Redis.
 
 Their files live in folders of our own (``fault_dir``), not under pytest's numbered
@@ -27,7 +27,7 @@ import psycopg2
 import pytest
 import redis
 
-from cli.local_servers import LocalPostgres, LocalRedis
+from silvasonic_uploader.cli.local_servers import LocalPostgres, LocalRedis
 from uploader.db import schema
 
 REPORT_ENV = "SILVASONIC_FAULTS_REPORT"

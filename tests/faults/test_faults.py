@@ -39,7 +39,7 @@ import soundfile as sf
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from cli.local_servers import LocalPostgres, LocalRedis
+from silvasonic_uploader.cli.local_servers import LocalPostgres, LocalRedis
 from tests.factories import make_recording, write_wav
 from tests.faults.conftest import RESULTS, FaultResult
 from tests.fixtures.forger import forge_audit_messages
@@ -701,7 +701,7 @@ def _check_parked_and_reported(run: Run) -> None:
     assert len(parked) == len(run.bad) * len(SLUGS)
     env = run.stack.env()
     out = subprocess.run(
-        [sys.executable, "-m", "cli", "status", "--json"],
+        [sys.executable, "-m", "silvasonic_uploader", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

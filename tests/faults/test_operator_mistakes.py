@@ -199,7 +199,7 @@ def test_encrypt_secrets_without_a_key_in_the_workers(
         row = row_factory({"type": "webdav", "config": config, "target_path": "archive"})
         set_uploader(row.engine, enabled=False)
         cli = subprocess.run(
-            [sys.executable, "-m", "cli", "remotes", "set", "r", "--encrypt-secrets"],
+            [sys.executable, "-m", "silvasonic_uploader", "remotes", "set", "r", "--encrypt-secrets"],
             env={**row.stack.env(), "SILVASONIC_ENCRYPTION_KEY": key},
             capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip

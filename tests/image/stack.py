@@ -143,7 +143,7 @@ class Seeded:
 
 def field_audio(seconds: int, rate: int, seed: int) -> np.ndarray:
     """Field-like audio (pink noise floor plus calls), as the demo makes it; float in [-1, 1]."""
-    from cli.demo_station import field_audio as demo_audio
+    from silvasonic_uploader.cli.demo_station import field_audio as demo_audio
 
     return demo_audio(seconds, rate, seed)
 
@@ -343,7 +343,7 @@ class Stack:
         Indexer indexes them: the file first, then its ``recordings`` row (a ``devices`` row
         once). ``distinct`` different signals are cycled (the encoder's work per file is the
         same; generating 1,000 signals is not what is measured)."""
-        from cli.demo_station import recording_name
+        from silvasonic_uploader.cli.demo_station import recording_name
         from uploader.db.models import Device, Recording
 
         signals = [field_audio(SEGMENT_S, rate, seed=i + 1) for i in range(min(distinct, count))]

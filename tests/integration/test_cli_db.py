@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from cli.main import main
+from silvasonic_uploader.cli.main import main
 from uploader.db import schema
 
 DB_ENV = (

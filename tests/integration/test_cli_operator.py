@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.main import main
+from silvasonic_uploader.cli.main import main
 from tests.factories import BASE_TIME, make_recording, make_remote, make_upload, set_config
 from uploader.completion import audit_logger
 from uploader.db.models import PairState, StorageRemote

@@ -8,7 +8,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from cli.main import main
+from silvasonic_uploader.cli.main import main
 from tests.factories import make_recording, make_remote, make_upload
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from cli.local_servers import LocalRedis
+from silvasonic_uploader.cli.local_servers import LocalRedis
 from tests.fixtures.stack import Stack, wait_until
 from tests.integration.e2e_helpers import early_flags, seed_station, success_rows
 

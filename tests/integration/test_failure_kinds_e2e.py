@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 def _status(stack: Stack) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "cli", "status", "--json"],
+        [sys.executable, "-m", "silvasonic_uploader", "status", "--json"],
         env=stack.env(),
         capture_output=True,
         text=True,

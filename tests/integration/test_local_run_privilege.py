@@ -20,8 +20,8 @@ import click
 import psycopg2
 import pytest
 
-from cli.local_run import DataDir, LocalRun
-from cli.local_servers import SERVER_USER, server_account
+from silvasonic_uploader.cli.local_run import DataDir, LocalRun
+from silvasonic_uploader.cli.local_servers import SERVER_USER, server_account
 from tests.fixtures.services import server_home
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to the user nobody needs root")

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.local_servers import LocalRedis
+from silvasonic_uploader.cli.local_servers import LocalRedis
 from tests.factories import make_recording
 from tests.fixtures.remote_servers import RemoteServer
 from tests.fixtures.stack import Stack, wait_until

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from cli.main import main
+from silvasonic_uploader.cli.main import main
 from tests.factories import make_recording, make_remote, make_upload, set_config
 from uploader.ledger import leases
 

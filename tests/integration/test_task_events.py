@@ -18,8 +18,8 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.flower import FlowerCredentials, flower_argv, flower_env
-from cli.local_servers import free_port
+from silvasonic_uploader.cli.flower import FlowerCredentials, flower_argv, flower_env
+from silvasonic_uploader.cli.local_servers import free_port
 from tests.factories import make_recording_with_wav
 from tests.fixtures.celery_events import EventTap
 from tests.fixtures.stack import Stack, wait_until

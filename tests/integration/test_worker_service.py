@@ -16,7 +16,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.local_servers import free_port
+from silvasonic_uploader.cli.local_servers import free_port
 from tests.factories import make_remote, set_config
 from tests.fixtures.stack import CLI, Stack, wait_until
 from tests.integration.e2e_helpers import scalar, seed_station
@@ -174,7 +174,7 @@ def test_worker_refuses_outdated_schema(empty_db_url: str, redis_url: str) -> No
 
     schema.upgrade(empty_db_url, "0001")
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "worker", "--remote", "archive"],
+        [sys.executable, "-m", "silvasonic_uploader", "worker", "--remote", "archive"],
         env={
             "SILVASONIC_DATABASE_URL": empty_db_url,
             "SILVASONIC_REDIS_URL": redis_url,

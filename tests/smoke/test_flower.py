@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.local_servers import LocalRedis
+from silvasonic_uploader.cli.local_servers import LocalRedis
 from tests.factories import make_recording_with_wav, make_remote, set_config
 from tests.fixtures.stack import wait_until
 from tests.smoke.helpers import (

@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.local_servers import free_port
+from silvasonic_uploader.cli.local_servers import free_port
 from tests.factories import make_remote
 from tests.fixtures.stack import wait_until
 from tests.smoke.helpers import bare_env, kill_all_of, start, stop

@@ -21,10 +21,10 @@ from tests.conftest import TEST_LOCAL_REMOTE_ROOTS
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN = STANDIN_DIR / "silvasonic-uploader"
-# The one line to change when the real worker (`silvasonic-uploader worker`, cli/worker.py)
+# The one line to change when the real worker (`silvasonic-uploader worker`, silvasonic_uploader/cli/worker.py)
 # is to run in the containers instead of the stand-in.
 USE_REAL_WORKER = True
-REAL_WORKER_AVAILABLE = (ROOT / "cli" / "worker.py").exists()
+REAL_WORKER_AVAILABLE = (ROOT / "silvasonic_uploader" / "cli" / "worker.py").exists()
 
 T = TypeVar("T")
 

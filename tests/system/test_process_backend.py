@@ -190,7 +190,7 @@ def test_process_worker_recreated_on_config_drift(
 
 @pytest.mark.skipif(
     not REAL_WORKER_AVAILABLE,
-    reason="the real worker command (`silvasonic-uploader worker`, cli/worker.py) is not in "
+    reason="the real worker command (`silvasonic-uploader worker`, silvasonic_uploader/cli/worker.py) is not in "
     "this tree yet",
 )
 def test_process_backend_runs_the_real_worker(

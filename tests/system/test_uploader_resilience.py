@@ -218,9 +218,13 @@ def test_python_module_entry_point_runs_the_same_loop(
 
 
 @pytest.mark.skipif(
-    not (USE_REAL_WORKER and REAL_WORKER_AVAILABLE and (ROOT / "cli" / "beat.py").exists()),
+    not (
+        USE_REAL_WORKER
+        and REAL_WORKER_AVAILABLE
+        and (ROOT / "silvasonic_uploader" / "cli" / "beat.py").exists()
+    ),
     reason="needs the real worker in the containers (tests/system/helpers.py USE_REAL_WORKER) "
-    "and the dispatcher (`silvasonic-uploader beat`, cli/beat.py), which are not in this tree yet",
+    "and the dispatcher (`silvasonic-uploader beat`, silvasonic_uploader/cli/beat.py), which are not in this tree yet",
 )
 def test_multi_remote_upload_independence(
     podman_controller_env: dict[str, str],

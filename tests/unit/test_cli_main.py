@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main as cli_main
-from cli.main import COMMANDS, main
+from silvasonic_uploader.cli import main as cli_main
+from silvasonic_uploader.cli.main import COMMANDS, main
 from uploader.remotes.secrets import KEY_ENV, decrypt_value, generate_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,9 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
 def test_help_hides_commands_whose_module_is_not_there(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(cli_main.COMMANDS, "ghost", ("cli.no_such_module", "ghost", "Boo."))
+    monkeypatch.setitem(
+        cli_main.COMMANDS, "ghost", ("silvasonic_uploader.cli.no_such_module", "ghost", "Boo.")
+    )
     assert "ghost" not in _listed(runner.invoke(main, ["--help"]).output)
     result = runner.invoke(main, ["ghost"])
     assert result.exit_code == 2
@@ -59,18 +61,18 @@ def test_help_does_not_import_celery_or_the_commands() -> None:
     # a fresh interpreter: --help must stay fast on a Raspberry Pi
     probe = (
         "import sys\n"
-        "from cli.main import main\n"
+        "from silvasonic_uploader.cli.main import main\n"
         "try:\n"
         "    main(['--help'], standalone_mode=False)\n"
         "finally:\n"
-        "    loaded = sorted(m for m in sys.modules if m == 'celery' or m.startswith('cli.'))\n"
+        "    loaded = sorted(m for m in sys.modules if m == 'celery' or m.startswith('silvasonic_uploader.cli.'))\n"
         "    print('LOADED', loaded)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert "LOADED ['cli.main']" in out.stdout
+    assert "LOADED ['silvasonic_uploader.cli.main']" in out.stdout
 
 
 def test_version(runner: CliRunner) -> None:

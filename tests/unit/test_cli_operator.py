@@ -10,8 +10,8 @@ import sys
 import click
 import pytest
 
-from cli.operator_common import human_age
-from cli.remotes import masked_options, parse_options, parse_secret_lines
+from silvasonic_uploader.cli.operator_common import human_age
+from silvasonic_uploader.cli.remotes import masked_options, parse_options, parse_secret_lines
 from uploader.completion.active import ActiveRemotes, RemoteRef, Skipped, SkipReason
 from uploader.remotes.config import REMOTE_TYPES
 from uploader.remotes.state import State
@@ -106,7 +106,7 @@ def test_remote_health_reports_the_strongest_news(
 
 def test_operator_commands_do_not_import_celery() -> None:
     code = (
-        "import sys, cli.status, cli.remotes, cli.parked, uploader.station_status\n"
+        "import sys, silvasonic_uploader.cli.status, silvasonic_uploader.cli.remotes, silvasonic_uploader.cli.parked, uploader.station_status\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu')))"
     )
     out = subprocess.run(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import COMMANDS
+from silvasonic_uploader.cli.main import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "Containerfile"
@@ -94,7 +94,14 @@ def test_entrypoint_is_the_script_in_exec_form_and_defaults_to_the_worker() -> N
 
 def test_every_package_dir_the_wheel_needs_is_copied() -> None:
     copied = " ".join(args_of("COPY"))
-    for name in ("uploader", "tasks", "controller_ext", "cli", "migrations", "config"):
+    for name in (
+        "uploader",
+        "tasks",
+        "controller_ext",
+        "silvasonic_uploader",
+        "migrations",
+        "config",
+    ):
         assert f"{name} ./{name}" in copied
     assert "celeryconfig.py beat_schedule.py" in copied
     assert "pyproject.toml uv.lock README.md" in copied

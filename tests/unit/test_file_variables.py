@@ -38,14 +38,14 @@ def test_both_or_an_unreadable_file_is_refused(tmp_path: Path) -> None:
 
 def test_the_cli_applies_it_before_anything_reads_the_environment(tmp_path: Path) -> None:
     # given: the key only as a file, as a worker container gets it
-    key = subprocess.run([sys.executable, "-m", "cli", "secrets", "generate-key"], cwd=ROOT,
+    key = subprocess.run([sys.executable, "-m", "silvasonic_uploader", "secrets", "generate-key"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (tmp_path / "key").write_text(f"{key}\n")
     env = {"PATH": "/usr/bin:/bin", "SILVASONIC_ENCRYPTION_KEY_FILE": str(tmp_path / "key")}
 
     def encrypt(**more: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cli", "secrets", "encrypt"], env={**env, **more}, cwd=ROOT,
+            [sys.executable, "-m", "silvasonic_uploader", "secrets", "encrypt"], env={**env, **more}, cwd=ROOT,
             input="s3cret\n", capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 

@@ -752,7 +752,7 @@ def test_controller_ext_never_imports_celery() -> None:
     import sys
 
     code = (
-        "import sys, controller_ext.service, cli.controller;"
+        "import sys, controller_ext.service, silvasonic_uploader.cli.controller;"
         "sys.exit(any(m.split('.')[0] in ('celery', 'kombu') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -23,7 +23,7 @@ import click
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from cli.operator_common import (
+from silvasonic_uploader.cli.operator_common import (
     RedisEffects,
     after_change,
     emit_json,

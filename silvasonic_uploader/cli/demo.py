@@ -1,9 +1,10 @@
 """``silvasonic-uploader demo``: ``run`` plus a demo station, on embedded servers only.
 
 A fresh data folder each time (``./.silvasonic/demo``, emptied at start), synthetic recordings
-(``cli.demo_station``), two remotes on this machine, live progress per remote, and a closing
-table once every recording is on both remotes and flagged ``uploaded`` — after checking that
-every FLAC decodes to exactly its WAV's samples. Exit 0 then; 1 with what is missing on timeout.
+(``silvasonic_uploader.cli.demo_station``), two remotes on this machine, live progress per remote,
+and a closing table once every recording is on both remotes and flagged ``uploaded`` — after
+checking that every FLAC decodes to exactly its WAV's samples. Exit 0 then; 1 with what is missing
+on timeout.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import numpy as np
 import soundfile as sf
 from sqlalchemy import Engine, create_engine, pool, text
 
-from cli import demo_station as station
-from cli.flower import DEFAULT_PORT
-from cli.local_run import DataDir, LocalRun
-from cli.run import build_supervisor, logs_to, supervise
+from silvasonic_uploader.cli import demo_station as station
+from silvasonic_uploader.cli.flower import DEFAULT_PORT
+from silvasonic_uploader.cli.local_run import DataDir, LocalRun
+from silvasonic_uploader.cli.run import build_supervisor, logs_to, supervise
 from uploader.audio import flac_encoder
 
 DEFAULT_DATA_DIR = Path(".silvasonic") / "demo"

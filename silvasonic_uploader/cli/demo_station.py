@@ -24,7 +24,7 @@ import soundfile as sf
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cli.local_servers import free_port
+from silvasonic_uploader.cli.local_servers import free_port
 from uploader.db.models import Device, Recording, StorageRemote, SystemConfig
 from uploader.rclone.client import find_rclone_binary
 from uploader.remotes.secrets import encrypt_value, load_encryption_key

@@ -8,7 +8,13 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cli.operator_common import emit_json, iso, json_option, operator_session, short_time
+from silvasonic_uploader.cli.operator_common import (
+    emit_json,
+    iso,
+    json_option,
+    operator_session,
+    short_time,
+)
 from uploader.db.models import StorageRemote
 from uploader.ledger import leases
 

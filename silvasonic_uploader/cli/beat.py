@@ -10,8 +10,8 @@ import sys
 import click
 
 from celeryconfig import CONTROL_QUEUE
-from cli.supervisor import Supervisor
-from cli.worker import _check_schema, loglevel_option
+from silvasonic_uploader.cli.supervisor import Supervisor
+from silvasonic_uploader.cli.worker import _check_schema, loglevel_option
 from uploader.ops.logs import SERVICE_ENV, celery_banner_options, configure_logging
 
 

@@ -1,11 +1,11 @@
 """``silvasonic-uploader run``: the whole service on one machine, supervised.
 
-PostgreSQL and Redis come from :class:`cli.local_run.LocalRun` (embedded from the wheels
-unless URLs are set); then the dispatcher (``beat``), the controller with the process backend
-(one worker per running remote) and, with ``--flower``, Flower run under
-:class:`cli.supervisor.Supervisor`, each logging to its own file. SIGINT or SIGTERM stops
-everything in order and loses nothing: workers hand in-flight work back to the queue, leases
-expire, PostgreSQL holds the record. ``demo`` runs the same.
+PostgreSQL and Redis come from :class:`silvasonic_uploader.cli.local_run.LocalRun` (embedded from
+the wheels unless URLs are set); then the dispatcher (``beat``), the controller with the process
+backend (one worker per running remote) and, with ``--flower``, Flower run under
+:class:`silvasonic_uploader.cli.supervisor.Supervisor`, each logging to its own file. SIGINT or
+SIGTERM stops everything in order and loses nothing: workers hand in-flight work back to the queue,
+leases expire, PostgreSQL holds the record. ``demo`` runs the same.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import click
 import structlog
 
-from cli import flower
-from cli.local_run import WORKER_STOP_TIMEOUT_S, DataDir, LocalRun
-from cli.supervisor import Child, Supervisor
-from cli.worker import loglevel_option
+from silvasonic_uploader.cli import flower
+from silvasonic_uploader.cli.local_run import WORKER_STOP_TIMEOUT_S, DataDir, LocalRun
+from silvasonic_uploader.cli.supervisor import Child, Supervisor
+from silvasonic_uploader.cli.worker import loglevel_option
 from uploader.ops.logs import configure_logging
 from uploader.rclone.process_group import spawn
 
@@ -80,7 +80,7 @@ class RunSupervisor(Supervisor):
 
 def build_supervisor(local: LocalRun, loglevel: str = "INFO") -> RunSupervisor:
     """beat, the controller and (with a Flower port) Flower, with the run's environment."""
-    cli = [sys.executable, "-m", "cli"]
+    cli = [sys.executable, "-m", "silvasonic_uploader"]
     env = local.child_env()
     sup = RunSupervisor(
         stop_workers=local.stop_workers,

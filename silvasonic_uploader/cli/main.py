@@ -18,23 +18,39 @@ from uploader.file_variables import FileVariableError, apply_file_variables
 # name -> (module, attribute, one-line help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": (
-        "cli.demo",
+        "silvasonic_uploader.cli.demo",
         "demo",
         "Run a demo station on this machine: synthetic audio, two remotes.",
     ),
-    "run": ("cli.run", "run", "Run the whole service on this machine (embedded defaults)."),
-    "worker": ("cli.worker", "worker", "Run the Celery worker for one remote."),
-    "beat": ("cli.beat", "beat", "Run the dispatcher: beat scheduler plus the control worker."),
+    "run": (
+        "silvasonic_uploader.cli.run",
+        "run",
+        "Run the whole service on this machine (embedded defaults).",
+    ),
+    "worker": ("silvasonic_uploader.cli.worker", "worker", "Run the Celery worker for one remote."),
+    "beat": (
+        "silvasonic_uploader.cli.beat",
+        "beat",
+        "Run the dispatcher: beat scheduler plus the control worker.",
+    ),
     "controller": (
-        "cli.controller",
+        "silvasonic_uploader.cli.controller",
         "controller",
         "Run the reconcile loop (one worker per remote).",
     ),
-    "status": ("cli.status", "status", "Show per-remote progress and what holds the Janitor back."),
-    "remotes": ("cli.remotes", "remotes", "List, add, change, (de)activate and remove remotes."),
-    "parked": ("cli.parked", "parked", "List parked pairs or retry them."),
-    "db": ("cli.db", "db", "Database schema: upgrade, check."),
-    "secrets": ("cli.secrets", "secrets", "Encryption key helpers."),
+    "status": (
+        "silvasonic_uploader.cli.status",
+        "status",
+        "Show per-remote progress and what holds the Janitor back.",
+    ),
+    "remotes": (
+        "silvasonic_uploader.cli.remotes",
+        "remotes",
+        "List, add, change, (de)activate and remove remotes.",
+    ),
+    "parked": ("silvasonic_uploader.cli.parked", "parked", "List parked pairs or retry them."),
+    "db": ("silvasonic_uploader.cli.db", "db", "Database schema: upgrade, check."),
+    "secrets": ("silvasonic_uploader.cli.secrets", "secrets", "Encryption key helpers."),
 }
 
 

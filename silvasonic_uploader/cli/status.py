@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.operator_common import (
+from silvasonic_uploader.cli.operator_common import (
     emit_json,
     human_age,
     iso,

@@ -2,8 +2,8 @@
 and Redis (embedded from the wheels, or the configured ones), the environment every process
 gets, and an orderly stop — also of whatever a killed earlier run left behind.
 
-Without a database or Redis URL in the environment, PostgreSQL and Redis come from the
-pip-installed wheels (``cli.local_servers``) and keep their data in the folder, so state
+Without a database or Redis URL in the environment, PostgreSQL and Redis come from the pip-installed
+wheels (``silvasonic_uploader.cli.local_servers``) and keep their data in the folder, so state
 survives a restart: PostgreSQL its cluster, Redis an append-only file (queued messages too).
 Their passwords are made at the first start and kept in ``server-credentials`` (mode 0600); the
 folder itself is private (0700; 0750 with the server user's group when we are root).
@@ -32,8 +32,8 @@ import psycopg2
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import make_url
 
-from cli import flower
-from cli.local_servers import (
+from silvasonic_uploader.cli import flower
+from silvasonic_uploader.cli.local_servers import (
     LocalPostgres,
     LocalRedis,
     ServerAccount,
