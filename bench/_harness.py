@@ -428,6 +428,17 @@ class Harness:
             ]  # fmt: skip
         return ids
 
+    def wait_drained(self, pairs: int, timeout_s: float, every_s: float = 0.2) -> tuple[int, float]:
+        """Wait until ``pairs`` success rows exist: (success rows, seconds waited)."""
+        t0 = time.monotonic()
+        done = 0
+        while time.monotonic() - t0 < timeout_s:
+            done = int(self.sql("SELECT count(*) FROM uploads WHERE success"))
+            if done >= pairs:
+                break
+            time.sleep(every_s)
+        return done, time.monotonic() - t0
+
     def service_roots(self) -> list[int]:
         return [s.pid for s in self.services.values()]
 

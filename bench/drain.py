@@ -98,14 +98,7 @@ def main() -> int:
         watcher = Watcher(h.temp_root, remote_root)
         watcher.start()
         ids = h.add_recordings(wavs, 48_000, 10.0)
-        t0 = time.monotonic()
-        done = 0
-        while time.monotonic() - t0 < 120 + args.pairs * 1.0:
-            done = int(h.sql("SELECT count(*) FROM uploads WHERE success"))
-            if done >= len(ids):
-                break
-            time.sleep(0.2)
-        drain_s = time.monotonic() - t0
+        done, drain_s = h.wait_drained(len(ids), 120 + args.pairs * 1.0)
         time.sleep(0.5)
         watcher.stop_event.set()
         watcher.join()

@@ -159,14 +159,7 @@ def main() -> int:
         sampler = Sampler(worker.pid)
         sampler.start()
         ids = h.add_recordings(wavs, 48_000, 10.0)
-        t0 = time.monotonic()
-        done = 0
-        while time.monotonic() - t0 < 60 + args.pairs * 1.0:
-            done = int(h.sql("SELECT count(*) FROM uploads WHERE success"))
-            if done >= len(ids):
-                break
-            time.sleep(0.5)
-        drain_s = time.monotonic() - t0
+        done, drain_s = h.wait_drained(len(ids), 60 + args.pairs * 1.0, every_s=0.5)
         sampler.stop_event.set()
         sampler.join()
         if done < len(ids):
