@@ -135,12 +135,22 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(
         pages += [_text(f"{url}/metrics"), _text(f"{url}/healthcheck")]  # no auth (Flower's)
         assert not [page[:200] for page in pages if redis_password in page]
 
-        # the pipeline's tasks, by their stable names
+        # the pipeline's tasks, by their stable names. The workers send no task events until
+        # Flower switches them on (every 5 s from its start; SILVASONIC_TASK_EVENTS=0 is the
+        # default), so the two recordings above may have gone unseen: recordings keep arriving
         def task_names() -> set[str]:
             status, body = _get(f"{url}/api/tasks", auth)
             return {t.get("name") for t in body.values()} if status == 200 and body else set()
 
-        assert wait_until(lambda: task_names() >= PIPELINE_TASKS, 120, 2), task_names()
+        def task_names_while_recording() -> set[str]:
+            with Session(engine) as s:
+                make_recording_with_wav(s, workspace, seconds=2.0)
+                s.commit()
+            return task_names()
+
+        assert wait_until(lambda: task_names_while_recording() >= PIPELINE_TASKS, 120, 2), (
+            task_names()
+        )
         assert "uploader.dispatch_pending" in task_names()
         assert all(name.startswith("uploader.") for name in task_names() if name)
 
