@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import structlog
 
-from uploader.audio import source_check
+from uploader.audio import page_cache, source_check
 from uploader.errors import FlacEncodingError, SourceMissing, TempSpaceExhausted
 from uploader.redact import redact
 
@@ -228,6 +228,21 @@ def encode_checked(
         FileNotFoundError / OSError: no ffmpeg, or ``output_dir`` cannot be created or written
             for another reason — an environment problem, never classified as the file's.
     """
+    try:
+        return _encode(wav_path, output_dir, engine, timeout_s, expect, recording_id)
+    finally:
+        # read once and done with: its pages are no longer charged to this container
+        page_cache.release(wav_path)
+
+
+def _encode(
+    wav_path: Path,
+    output_dir: Path,
+    engine: str | None,
+    timeout_s: float | None,
+    expect: source_check.Expectation | None,
+    recording_id: int | None,
+) -> EncodedFlac:
     name = _check_engine(engine, "engine") if engine is not None else default_engine()
     full_check = name == "ffmpeg" or verify_mode() == "full"
     if timeout_s is not None and timeout_s <= 0:
