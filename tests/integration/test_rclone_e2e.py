@@ -446,6 +446,15 @@ def test_rcd_socket_is_private(rcd_client: RcloneClient) -> None:
     assert "dav-" not in cmdline and "RCLONE_" not in cmdline
 
 
+def test_rcd_keeps_no_read_ahead_copy_of_the_source(rcd_client: RcloneClient) -> None:
+    """The running daemon itself reports ``--buffer-size 0``: its default 16 MiB read-ahead per
+    transfer held a second copy of each tmpfs FLAC in its heap, inside the container's 256m
+    (bench/README.md, #14)."""
+    daemon = rcd_client.daemon
+    assert daemon is not None
+    assert daemon.rc("options/get")["main"]["BufferSize"] == 0
+
+
 def test_rcd_refuses_calls_without_its_credentials(rcd_client: RcloneClient) -> None:
     daemon = rcd_client.daemon
     assert daemon is not None and daemon.socket_path is not None

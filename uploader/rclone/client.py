@@ -163,10 +163,16 @@ def _common_flags(limit: BandwidthLimit) -> list[str]:
     # the path. Where the remote shares no hash with us (plain WebDAV) rclone would otherwise
     # keep any same-size file, foreign or truncated; the upload is always ours, then verified
     # (RcloneClient.verify_upload). It costs a repeated transfer only when a step is redone.
+    # --buffer-size 0: no read-ahead copy of the source in rclone's heap. The source is a FLAC
+    # in the worker's tmpfs, already in RAM; the default 16 MiB per transfer, filled ahead of
+    # a bandwidth-limited upload, took a long-lived rcd from ~15 to ~56 MB anonymous memory at
+    # 384 kHz, inside the container's 256m (bench/README.md, "a worker in its own cgroup"),
+    # and measured no faster on loopback.
     flags = [
         "--config", "/notfound",
         "--checksum",
         "--ignore-times",
+        "--buffer-size", "0",
         "--contimeout", _seconds(CONNECT_TIMEOUT_S),
         "--timeout", _seconds(IDLE_TIMEOUT_S),
         "--low-level-retries", str(LOW_LEVEL_RETRIES),
