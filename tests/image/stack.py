@@ -47,6 +47,8 @@ import soundfile as sf
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from uploader.audio import page_cache
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / "tests" / "image"
 LOCAL_BASE = "localhost/silvasonic-base:py3.13"
@@ -262,10 +264,11 @@ class Stack:
 
     # -- remotes ---------------------------------------------------------------------------
 
-    def start_webdav(self) -> str:
-        """``rclone serve webdav`` (the image's rclone) on the stack's network, published on
-        127.0.0.1; its password a Podman secret handed over as RCLONE_PASS (no argv, no -e).
-        Returns the URL the workers use."""
+    def start_webdav(self, rclone: Path | None = None) -> str:
+        """``rclone serve webdav`` (the image's rclone, or the host's ``rclone`` binary mounted
+        in: another file, so the server does not share the workers' page cache pages of it) on
+        the stack's network, published on 127.0.0.1; its password a Podman secret handed over
+        as RCLONE_PASS (no argv, no -e). Returns the URL the workers use."""
         secret = self.base / "webdav_pass"
         secret.write_text(self.webdav_password)
         secret.chmod(0o600)
@@ -276,8 +279,9 @@ class Stack:
             "-p", f"127.0.0.1:{self.webdav_port}:8080",
             "--secret", f"{self.webdav_secret},type=env,target=RCLONE_PASS",
             "-e", f"RCLONE_USER={WEBDAV_USER}", "-v", f"{self.webdav_root}:/srv/webdav",
-            "--entrypoint", "rclone", UPLOADER_IMAGE, "serve", "webdav", "/srv/webdav",
-            "--addr", ":8080",
+            *(["-v", f"{rclone}:/usr/local/bin/rclone-host:ro"] if rclone else []),
+            "--entrypoint", "rclone-host" if rclone else "rclone", UPLOADER_IMAGE,
+            "serve", "webdav", "/srv/webdav", "--addr", ":8080",
         )  # fmt: skip
         return f"http://{self.webdav_name}:8080"
 
@@ -337,12 +341,20 @@ class Stack:
         return self._engine
 
     def seed(
-        self, count: int, *, rate: int = 48_000, subtype: str = "PCM_16", distinct: int = 8
+        self,
+        count: int,
+        *,
+        rate: int = 48_000,
+        subtype: str = "PCM_16",
+        distinct: int = 8,
+        cold: bool = False,
     ) -> list[Seeded]:
         """``count`` 10 s segments as Silvasonic's Recorder names and writes them and its
         Indexer indexes them: the file first, then its ``recordings`` row (a ``devices`` row
         once). ``distinct`` different signals are cycled (the encoder's work per file is the
-        same; generating 1,000 signals is not what is measured)."""
+        same; generating 1,000 signals is not what is measured). ``cold``: each file is
+        written back and dropped from the page cache before its row exists, as one the Recorder
+        finished a while ago (the worker then reads it from disk)."""
         from silvasonic_uploader.cli.demo_station import recording_name
         from uploader.db.models import Device, Recording
 
@@ -367,6 +379,10 @@ class Stack:
                 sf.write(
                     str(path), signals[seq % len(signals)], rate, subtype=subtype, format="WAV"
                 )
+                if cold:
+                    with path.open("rb+") as f:
+                        os.fsync(f.fileno())
+                    page_cache.release(path)
                 row = Recording(time=start, sensor_id=DEVICE, file_raw=str(relative),
                                 duration=float(SEGMENT_S), sample_rate=rate,
                                 filesize_raw=path.stat().st_size)  # fmt: skip

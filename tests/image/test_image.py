@@ -71,6 +71,11 @@ def test_the_cli_reports_the_projects_version(image: str) -> None:
     result = run(image, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"silvasonic-uploader, version {version}"
+    size = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", image],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    print(f"{image}: {int(size) / 1e9:.2f} GB, {result.stdout.strip()}")  # pytest -rP
 
 
 def test_rclone_is_the_pinned_wheels(image: str) -> None:

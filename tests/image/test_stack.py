@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.fixtures.residency import resident_bytes
 from tests.image.stack import (
     CgroupMemory,
     Seeded,
@@ -84,7 +85,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def drained(stack: Stack) -> list[Seeded]:
-    seeded = stack.seed(RECORDINGS)
+    # cold: as recordings the Recorder finished a while ago, read by the workers from disk
+    seeded = stack.seed(RECORDINGS, cold=True)
     stack.wait_all_uploaded([s.id for s in seeded], timeout_s=300)
     return seeded
 
@@ -95,6 +97,9 @@ def _flac_on(stack: Stack, remote_path: str) -> Path:
 
 
 def test_the_controller_starts_one_worker_per_remote_with_the_specs_limits(stack: Stack) -> None:
+    print(stack.compose("ps").stdout)  # the stack up, and the workers (pytest -rP)
+    print(podman("ps", "--filter", "name=silvasonic-uploader-", "--format",
+                 "{{.Names}}  {{.Image}}  {{.Command}}  {{.Status}}").stdout)  # fmt: skip
     for slug in (DAV, USB):
         [data] = json.loads(podman("inspect", stack.worker(slug)).stdout)
         host = data["HostConfig"]
@@ -108,6 +113,15 @@ def test_the_controller_starts_one_worker_per_remote_with_the_specs_limits(stack
         workspace = next(m for m in data["Mounts"] if m["Destination"] == "/workspace/recorder")
         assert workspace["Source"] == str(stack.recorder)
         assert workspace["RW"] is False
+
+
+def test_no_recording_stays_in_the_page_cache_once_both_workers_are_done(
+    stack: Stack, drained: list[Seeded]
+) -> None:
+    """The workers read each WAV from disk; pages left cached would be charged to their 256m
+    cgroups (bench/README.md, "the worker inside 200 MB"). Runs before any test reads a WAV."""
+    wavs = [stack.recorder / rec.file_raw for rec in drained]
+    assert {wav.name: resident_bytes(wav) for wav in wavs} == {wav.name: 0 for wav in wavs}
 
 
 def test_every_recording_arrives_on_both_remotes_sample_exact_and_is_flagged(
@@ -124,6 +138,11 @@ def test_every_recording_arrives_on_both_remotes_sample_exact_and_is_flagged(
             assert flac.suffix == ".flac"
             assert flac_rate == wav_rate
             assert np.array_equal(wav, decoded), f"{slug}: {flac} differs from {rec.file_raw}"
+    first = drained[0]
+    print(f"{first.file_raw} (recording {first.id}) is on both remotes:")
+    for slug in (DAV, USB):
+        flac = _flac_on(stack, stack.uploaded(slug)[first.id])
+        print(f"  {slug}: {flac} ({flac.stat().st_size} bytes, sample-exact)")
 
 
 def test_the_webdav_remote_serves_the_flacs_behind_its_password(
@@ -148,6 +167,7 @@ def test_the_cli_services_status_answers(stack: Stack, drained: list[Seeded]) ->
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
     for slug in (DAV, USB):
         assert rows[slug][1] == "ok", result.stdout
+    print(result.stdout)  # the evidence a closing note quotes (pytest -rP)
 
 
 def test_flower_answers_with_its_credentials_and_refuses_without(stack: Stack) -> None:

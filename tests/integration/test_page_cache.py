@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.factories import write_wav
+from tests.fixtures.residency import resident_bytes
 from uploader.audio import page_cache
 from uploader.audio.flac_encoder import encode_checked
 from uploader.errors import FlacEncodingError
 
 pytestmark = pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
-
-
-def resident_bytes(path: Path) -> int:
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return int(out.stdout.strip())
 
 
 @pytest.fixture
