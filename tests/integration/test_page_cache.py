@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,26 @@ def test_a_wav_that_fails_to_encode_is_released_too(disk_dir: Path) -> None:
 
 def test_release_never_raises_for_a_missing_file(tmp_path: Path) -> None:
     page_cache.release(tmp_path / "gone.wav")  # nothing to release, nothing to report
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_path_that_is_no_regular_file_is_refused_without_hanging(
+    tmp_path: Path, kind: str
+) -> None:
+    """A hostile or mistaken path: opening a FIFO for reading blocks until a writer comes, so
+    the release after a refused encode must never open one."""
+    path = tmp_path / "rec.wav"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    outcome: list[BaseException] = []
+
+    def encode() -> None:
+        try:
+            encode_checked(path, tmp_path / "out", engine="libflac")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=encode, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the encode hung on a path that is not a regular file"
+    assert len(outcome) == 1 and isinstance(outcome[0], FlacEncodingError), outcome

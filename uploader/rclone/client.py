@@ -165,9 +165,9 @@ def _common_flags(limit: BandwidthLimit) -> list[str]:
     # (RcloneClient.verify_upload). It costs a repeated transfer only when a step is redone.
     # --buffer-size 0: no read-ahead copy of the source in rclone's heap. The source is a FLAC
     # in the worker's tmpfs, already in RAM; the default 16 MiB per transfer, filled ahead of
-    # a bandwidth-limited upload, took a long-lived rcd from ~15 to ~56 MB anonymous memory at
-    # 384 kHz, inside the container's 256m (bench/README.md, "a worker in its own cgroup"),
-    # and measured no faster on loopback.
+    # a bandwidth-limited upload, took a long-lived rcd from ~15 to ~56 MB anonymous memory
+    # with 384 kHz FLACs, inside the container's 256m; uploads on loopback were no slower
+    # without it (bench/README.md, "the worker inside 200 MB").
     flags = [
         "--config", "/notfound",
         "--checksum",
